@@ -1,0 +1,50 @@
+"""eventstore: a PostgreSQL event store and projection runner.
+
+Start with :class:`EventStore` (append and read), :func:`migrate` (apply the
+schema), :class:`Repository` (aggregates) and, for read models,
+:class:`Projection` with :class:`ProjectionRunner`.
+"""
+
+from eventstore.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    DatabaseUnavailable,
+    DuplicateEventId,
+    EventStoreError,
+    InvalidEvent,
+    ProjectionError,
+    SchemaNotReady,
+    StreamNotFound,
+    UnknownPosition,
+    WrongExpectedVersion,
+)
+from eventstore.migrations import migrate
+from eventstore.repository import Aggregate, Repository, applies
+from eventstore.store import EventStore
+from eventstore.types import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "Aggregate",
+    "AppendResult",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "DuplicateEventId",
+    "EventStore",
+    "EventStoreError",
+    "ExpectedVersion",
+    "InvalidEvent",
+    "NewEvent",
+    "ProjectionError",
+    "RecordedEvent",
+    "Repository",
+    "SchemaNotReady",
+    "StreamNotFound",
+    "UnknownPosition",
+    "WrongExpectedVersion",
+    "applies",
+    "migrate",
+]

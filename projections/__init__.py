@@ -1,0 +1,1 @@
+"""First-party projections of a small order domain (see projections/orders.py)."""

@@ -1,0 +1,3 @@
+"""Shared fixtures: see eventstore/testing/plugin.py for the database ones."""
+
+pytest_plugins = ["eventstore.testing.plugin"]
