@@ -11,8 +11,9 @@ with an application's own ``alembic_version``.
 
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import create_engine, pool
+
+from alembic import context
 
 VERSION_TABLE = "eventstore_alembic_version"
 

@@ -10,7 +10,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from eventstore.errors import ConfigurationError, DatabaseUnavailable
+from eventstore.errors import ConfigurationError, DatabaseUnavailable, SchemaNotReady
 
 __all__ = ["create_engine", "libpq_url", "mask_url", "translate_driver_errors"]
 
@@ -61,12 +61,20 @@ def describe_target(engine: Engine) -> str:
 
 @contextlib.contextmanager
 def translate_driver_errors(engine: Engine) -> Iterator[None]:
-    """Turn "cannot connect" driver errors into :class:`DatabaseUnavailable`.
+    """Translate driver errors: "cannot connect" -> :class:`DatabaseUnavailable`.
 
-    The message names host, port and database, never the password.
+    A missing table becomes :class:`SchemaNotReady`. Messages name host, port
+    and database, never the password.
     """
     try:
         yield
+    except sa.exc.ProgrammingError as error:
+        if isinstance(error.orig, psycopg.errors.UndefinedTable):
+            raise SchemaNotReady(
+                f"{_first_line(error.orig)} in {describe_target(engine)}; run `eventstore migrate` "
+                "(or eventstore.migrate(url)) first"
+            ) from error
+        raise
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
         if isinstance(error.orig, psycopg.OperationalError) or error.connection_invalidated:
             raise DatabaseUnavailable(

@@ -179,10 +179,11 @@ class LocalPostgres:
         if self._os_user:
             self._hand_over(self.bin_dir)
         # Drop root's groups too: group bits would otherwise shadow the "other" bits we rely on.
-        identity = {"user": self._os_user, "group": self._os_user, "extra_groups": []} if self._os_user else {}
         result = subprocess.run(  # noqa: S603 - fixed program path, no shell
             [str(executable), *args],
-            **identity,  # type: ignore[arg-type]
+            user=self._os_user,
+            group=self._os_user,
+            extra_groups=[] if self._os_user else None,
             capture_output=True,
             text=True,
             check=False,
@@ -228,4 +229,3 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
-

@@ -14,7 +14,9 @@ __all__ = [
     "DuplicateEventId",
     "EventStoreError",
     "InvalidEvent",
+    "ProjectionBusy",
     "ProjectionError",
+    "ProjectionNotFound",
     "SchemaNotReady",
     "StreamNotFound",
     "UnknownPosition",
@@ -62,9 +64,7 @@ class WrongExpectedVersion(ConcurrencyError):
         self.expected = expected
         self.actual = actual
         actual_text = "no stream" if actual == 0 else f"version {actual}"
-        super().__init__(
-            f"stream {stream_id!r}: expected {_describe_expected(expected)}, but it is at {actual_text}"
-        )
+        super().__init__(f"stream {stream_id!r}: expected {_describe_expected(expected)}, but it is at {actual_text}")
 
 
 class DuplicateEventId(EventStoreError):
@@ -96,6 +96,30 @@ class UnknownPosition(EventStoreError, LookupError):
 
 class ProjectionError(EventStoreError):
     """A projection could not be run."""
+
+
+class ProjectionBusy(ProjectionError):
+    """Another runner holds this projection's lock; stop it (or wait) and try again."""
+
+    def __init__(self, projection_name: str, owner: str | None = None) -> None:
+        self.projection_name = projection_name
+        self.owner = owner
+        held_by = f" (held by {owner})" if owner else ""
+        super().__init__(
+            f"projection {projection_name!r} is locked by another runner{held_by}; "
+            "stop that runner or wait for it, then try again"
+        )
+
+
+class ProjectionNotFound(ProjectionError, LookupError):
+    """No checkpoint is stored for this projection name."""
+
+    def __init__(self, projection_name: str) -> None:
+        self.projection_name = projection_name
+        super().__init__(
+            f"no projection named {projection_name!r} has a checkpoint; "
+            "check the name (see `eventstore projections status`) or run the projection once"
+        )
 
 
 def _describe_expected(expected: object) -> str:

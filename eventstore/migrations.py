@@ -10,12 +10,12 @@ import io
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from alembic import command
 from eventstore.database import create_engine, translate_driver_errors
 from eventstore.errors import ConfigurationError, SchemaNotReady
 
@@ -52,18 +52,22 @@ def migrate(url_or_engine: str | Engine, *, sql: bool = False) -> str | None:
     With ``sql=True`` nothing is executed: the SQL that would run is returned
     (alembic's offline mode), for review or for a DBA to apply.
     """
-    engine = create_engine(url_or_engine)
+    engine = create_engine(url_or_engine, poolclass=sa.NullPool)
     config = _config(engine.url.render_as_string(hide_password=False))
     if sql:
         buffer = io.StringIO()
         config.output_buffer = buffer
         command.upgrade(config, "eventstore@head", sql=True)
         return buffer.getvalue()
-    with translate_driver_errors(engine), engine.begin() as connection:
-        # One migrator at a time: concurrent `migrate` calls wait instead of failing.
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('eventstore:migrate'))"))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "eventstore@head")
+    try:
+        with translate_driver_errors(engine), engine.begin() as connection:
+            # One migrator at a time: concurrent `migrate` calls wait instead of failing.
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('eventstore:migrate'))"))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "eventstore@head")
+    finally:
+        if engine is not url_or_engine:
+            engine.dispose()
     return None
 
 

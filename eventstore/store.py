@@ -74,7 +74,7 @@ MAX_EVENT_TYPE_LENGTH = 255
 MAX_JSON_DEPTH = 128
 _MAX_INT32 = 2**31 - 1
 _MAX_INT64 = 2**63 - 1
-_APPEND_RETRIES = 10
+_APPEND_RETRIES = 20
 
 # The fence of the gap rule; evaluated in the statement that scans, so that it
 # belongs to the same snapshot.
@@ -115,13 +115,11 @@ _STORED_BY_ID = sa.text(
     "FROM events WHERE event_id = ANY(CAST(:event_ids AS uuid[])) ORDER BY stream_id, stream_version"
 )
 
-_STREAM_VERSION = sa.text(
-    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = :stream_id"
-)
+_STREAM_VERSION = sa.text("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = :stream_id")
 
-_ORDER_OF_POSITION = sa.text(
-    "SELECT transaction_order::text FROM events WHERE global_position = :position"
-)
+_STREAM_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended('eventstore:stream:' || :stream_id, 0))")
+
+_ORDER_OF_POSITION = sa.text("SELECT transaction_order::text FROM events WHERE global_position = :position")
 
 _HEAD = sa.text(
     f"SELECT global_position FROM events WHERE transaction_order < {_FENCE} "  # noqa: S608 - constant
@@ -193,13 +191,16 @@ class EventStore:
             DatabaseUnavailable: PostgreSQL cannot be reached.
         """
         prepared = self._prepare(stream_id, events, expected_version)
-        for _ in range(_APPEND_RETRIES):
+        for attempt in range(_APPEND_RETRIES):
+            # After a lost race, queue behind the other retriers of this stream
+            # instead of racing them again (see _append_once).
+            queue = attempt > 0
             try:
                 if connection is not None:
                     # A savepoint keeps the caller's transaction usable after a failure.
                     with connection.begin_nested():
-                        return self._append_once(connection, prepared)
-                return self._append_in_own_transaction(prepared)
+                        return self._append_once(connection, prepared, queue=queue)
+                return self._append_in_own_transaction(prepared, queue=queue)
             except sa.exc.IntegrityError as error:
                 if "uq_events_stream_id_stream_version" not in str(error.orig):
                     raise InvalidEvent("events", _first_line(error.orig)) from error
@@ -213,11 +214,11 @@ class EventStore:
         actual = self._version_after_race(connection, prepared.stream_id)
         raise WrongExpectedVersion(prepared.stream_id, f"{ANY} (lost {_APPEND_RETRIES} races)", actual)
 
-    def _append_in_own_transaction(self, prepared: _PreparedAppend) -> AppendResult:
+    def _append_in_own_transaction(self, prepared: _PreparedAppend, *, queue: bool) -> AppendResult:
         for attempt in (1, 2):
             try:
                 with translate_driver_errors(self.engine), self.engine.begin() as connection:
-                    return self._append_once(connection, prepared)
+                    return self._append_once(connection, prepared, queue=queue)
             except DatabaseUnavailable:
                 # A dropped connection is safe to retry once: event ids make
                 # the append idempotent even if the first commit went through.
@@ -231,14 +232,20 @@ class EventStore:
             return int(connection.execute(_STREAM_VERSION, {"stream_id": stream_id}).scalar_one())
         return self.stream_version(stream_id)
 
-    def _append_once(self, connection: Connection, prepared: _PreparedAppend) -> AppendResult:
+    def _append_once(self, connection: Connection, prepared: _PreparedAppend, *, queue: bool) -> AppendResult:
+        if queue:
+            # A transaction-scoped lock on the stream, taken in its own statement
+            # so that the insert's snapshot (READ COMMITTED) is taken after the wait.
+            connection.execute(_STREAM_LOCK, {"stream_id": prepared.stream_id})
         rows = connection.execute(_APPEND, prepared.parameters).all()
         if len(rows) == len(prepared.event_ids):
             last = max(rows, key=lambda row: row.stream_version)
             return AppendResult(prepared.stream_id, last.stream_version, last.global_position)
         return self._explain_short_insert(connection, prepared, inserted=len(rows))
 
-    def _explain_short_insert(self, connection: Connection, prepared: _PreparedAppend, *, inserted: int) -> AppendResult:
+    def _explain_short_insert(
+        self, connection: Connection, prepared: _PreparedAppend, *, inserted: int
+    ) -> AppendResult:
         """Fewer rows than events: a retried request, a reused event id, or a version mismatch."""
         stored = connection.execute(_STORED_BY_ID, {"event_ids": prepared.event_ids}).all()
         if stored:
@@ -252,8 +259,7 @@ class EventStore:
                 if mismatch is None:
                     last = by_id[prepared.event_ids[-1]]
                     return AppendResult(prepared.stream_id, last.stream_version, last.global_position, True)
-                event_id, detail = mismatch
-                raise DuplicateEventId(event_id, detail)
+                raise DuplicateEventId(*mismatch)
             first = stored[0]
             raise DuplicateEventId(
                 first.event_id,
@@ -433,9 +439,7 @@ class EventStore:
             metadata = _encode_object(f"{field}.metadata", {} if event.metadata is None else event.metadata)
             size = len(data.encode()) + len(metadata.encode())
             if size > self.max_event_bytes:
-                raise InvalidEvent(
-                    field, f"{size} bytes of JSON; the limit is max_event_bytes={self.max_event_bytes}"
-                )
+                raise InvalidEvent(field, f"{size} bytes of JSON; the limit is max_event_bytes={self.max_event_bytes}")
             prepared.add(event.event_id, event.type, data, metadata)
         return prepared
 

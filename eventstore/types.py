@@ -5,6 +5,7 @@ These are plain frozen dataclasses; they import nothing else of the package.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import uuid
 from collections.abc import Mapping
@@ -71,10 +72,8 @@ class NewEvent:
     def __post_init__(self) -> None:
         # Accept a UUID given as text; anything else is rejected at append time.
         if isinstance(self.event_id, str):
-            try:
+            with contextlib.suppress(ValueError):
                 object.__setattr__(self, "event_id", uuid.UUID(self.event_id))
-            except ValueError:
-                pass
         if self.event_id is None:
             object.__setattr__(self, "event_id", uuid.uuid4())
 

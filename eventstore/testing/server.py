@@ -106,14 +106,14 @@ def _docker_answers() -> bool:
     if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
         return False
     try:
-        import docker  # noqa: PLC0415 - only with the test extra
+        import docker
 
         client = docker.from_env(timeout=3)
-    except Exception:  # noqa: BLE001 - any failure means "no Docker engine"
+    except Exception:
         return False
     try:
         return bool(client.ping())
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     finally:
         client.close()
@@ -126,7 +126,7 @@ def provision_server() -> TestServer:
         return TestServer(dsn, kind="external")
     bin_dir = os.environ.get("EVENTSTORE_TEST_PG_BIN")
     if not bin_dir and _docker_answers():
-        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+        from testcontainers.postgres import PostgresContainer
 
         container = PostgresContainer("postgres:18", driver="psycopg")
         container.start()
