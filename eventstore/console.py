@@ -1,0 +1,222 @@
+"""Terminal output of the ``eventstore`` command: results, status lines, errors, progress.
+
+Results go to stdout (plain lines or ``--json``); status, progress and errors
+go to stderr, so that ``eventstore log --json | jq`` stays clean. Nothing here
+touches the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import typer
+
+from eventstore.errors import EventStoreError
+from eventstore.types import RecordedEvent
+
+__all__ = [
+    "CliError",
+    "describe_error",
+    "emit_json",
+    "event_line",
+    "event_record",
+    "parse_json_object",
+    "print_table",
+    "progress_reporter",
+    "report_error",
+    "status",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class CliError(Exception):
+    """A user mistake the CLI reports in one line (exit code 1 unless given)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def status(message: str) -> None:
+    """A status line on stderr (never mixed into results)."""
+    typer.echo(message, err=True)
+
+
+# -- errors -------------------------------------------------------------------
+
+
+def describe_error(error: BaseException) -> str | None:
+    """The one-line message for an error the CLI knows, or None for a bug (shown with its traceback)."""
+    if isinstance(error, CliError | EventStoreError):
+        return _one_line(str(error))
+    if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return _one_line(f"database error: {error.orig}")
+    return None
+
+
+def report_error(error: BaseException, *, verbose: bool) -> int:
+    """Print ``error`` to stderr (one line; the traceback too when ``verbose``) and return the exit code."""
+    message = describe_error(error)
+    if verbose or message is None:
+        typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+    if message is None:
+        message = f"unexpected error: {_one_line(f'{type(error).__name__}: {error}')} (rerun with -v for details)"
+    typer.echo(f"Error: {message}", err=True)
+    return error.exit_code if isinstance(error, CliError) else 1
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else text
+
+
+# -- input --------------------------------------------------------------------
+
+
+def parse_json_object(option: str, value: str | None) -> dict[str, Any] | None:
+    """Parse an option's JSON object; ``@path`` reads it from a file (``@-``: stdin).
+
+    Raises:
+        CliError: unreadable file, invalid JSON (names the option, line and column) or not an object.
+    """
+    if value is None:
+        return None
+    source = "the value"
+    text = value
+    if value.startswith("@"):
+        path = value[1:]
+        source = "stdin" if path == "-" else path
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise CliError(f"{option}: cannot read {path!r}: {error.strerror}; pass @PATH of a JSON file") from error
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CliError(
+            f"{option}: invalid JSON in {source} at line {error.lineno}, column {error.colno}: {error.msg}; "
+            f"""pass a JSON object such as '{{"amount": 10}}' (quote it for your shell)"""
+        ) from error
+    if not isinstance(parsed, dict):
+        raise CliError(
+            f"{option}: expected a JSON object, got {type(parsed).__name__} in {source}; "
+            """wrap it in an object such as '{"value": ...}'"""
+        )
+    return parsed
+
+
+# -- results ------------------------------------------------------------------
+
+
+def event_record(event: RecordedEvent) -> dict[str, Any]:
+    """An event as a JSON-ready dict."""
+    return {
+        "global_position": event.global_position,
+        "stream_id": event.stream_id,
+        "stream_version": event.stream_version,
+        "type": event.type,
+        "data": event.data,
+        "metadata": event.metadata,
+        "event_id": str(event.event_id),
+        "recorded_at": event.recorded_at.isoformat(),
+    }
+
+
+def event_line(event: RecordedEvent) -> str:
+    """One decoded line: position, time, stream@version, type and the data as compact JSON."""
+    recorded = event.recorded_at.strftime("%H:%M:%S.%f")[:-3]
+    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return f"{event.global_position:>8}  {recorded}  {event.stream_id}@{event.stream_version}  {event.type}  {data}"
+
+
+def emit_json(value: Any) -> None:
+    """``value`` as JSON on stdout."""
+    typer.echo(json.dumps(value, ensure_ascii=False, default=str, indent=2))
+
+
+def print_events(events: Iterable[RecordedEvent], *, as_json: bool) -> int:
+    """Events on stdout (lines, or one JSON array); returns how many."""
+    if as_json:
+        records = [event_record(event) for event in events]
+        emit_json(records)
+        return len(records)
+    count = 0
+    for event in events:
+        typer.echo(event_line(event))
+        count += 1
+    return count
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, as_json: bool) -> None:
+    """A table on stdout: aligned plain columns, or a JSON array of objects keyed by column."""
+    if as_json:
+        emit_json([dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max([len(column), *(len(row[index]) for row in cells)]) for index, column in enumerate(columns)]
+    typer.echo("  ".join(column.upper().ljust(width) for column, width in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        typer.echo("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+# -- progress -----------------------------------------------------------------
+
+
+@contextmanager
+def progress_reporter(description: str, *, log_every: float = 2.0) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback: a rich bar on a TTY, periodic stderr lines otherwise."""
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} ev/s"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+            task = bar.add_task(description, total=None, rate="-")
+            started = time.monotonic()
+
+            def update(done: int, total: int) -> None:
+                elapsed = max(time.monotonic() - started, 1e-6)
+                bar.update(task, completed=done, total=max(total, done), rate=f"{done / elapsed:,.0f}")
+
+            yield update
+        return
+
+    started = time.monotonic()
+    last_line = started
+
+    def log(done: int, total: int) -> None:
+        nonlocal last_line
+        now = time.monotonic()
+        if now - last_line < log_every and done < total:
+            return
+        last_line = now
+        elapsed = max(now - started, 1e-6)
+        rate = done / elapsed
+        eta = f", ETA {(total - done) / rate:.0f}s" if rate > 0 and total > done else ""
+        status(f"{description}: {done}/{total} events ({rate:,.0f} events/s{eta})")
+
+    yield log
