@@ -64,7 +64,7 @@ def users(database_url: str) -> Iterator[Users]:
 
 def _execute(url: str, statement: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     with psycopg.connect(_libpq(url)) as connection:
-        cursor = connection.execute(statement, parameters)  # type: ignore[call-overload]
+        cursor = connection.execute(statement, parameters)
         rows = cursor.fetchall() if cursor.description else []
         connection.commit()
         return rows
