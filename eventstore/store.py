@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from decimal import Decimal
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -563,6 +564,7 @@ def _encode_object(field: str, value: object) -> str:
     """JSON text for a data/metadata object that round-trips exactly through jsonb."""
     if not isinstance(value, dict):
         raise InvalidEvent(field, f"must be a JSON object (a dict), got {type(value).__name__}")
+    exponent_floats = False
     stack: list[tuple[str, object, int]] = [(field, value, 1)]
     while stack:
         path, item, depth = stack.pop()
@@ -581,9 +583,42 @@ def _encode_object(field: str, value: object) -> str:
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise InvalidEvent(path, f"{item} is not valid JSON (only finite numbers are)")
+            exponent_floats = exponent_floats or "e" in repr(item)
         elif item is not None and not isinstance(item, int):  # bool is an int
             raise InvalidEvent(path, f"{type(item).__name__} is not a JSON type")
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        if exponent_floats:
+            return _dumps_with_plain_floats(value)
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError as error:  # e.g. an integer too long to print
+        raise InvalidEvent(field, str(error)) from error
+
+
+def _dumps_with_plain_floats(value: dict[str, Any]) -> str:
+    """Dump floats such as ``1e300`` as ``1000...0.0``.
+
+    jsonb keeps numbers as ``numeric`` and prints ``1e300`` back without an
+    exponent or a decimal point, which JSON readers take for an integer. Plain
+    notation with a decimal point survives the trip as the same float. The
+    placeholders hold a NUL character, which validated strings never contain.
+    """
+    plain: list[str] = []
+
+    def swap(item: object) -> object:
+        if isinstance(item, dict):
+            return {key: swap(child) for key, child in item.items()}
+        if isinstance(item, list):
+            return [swap(child) for child in item]
+        if isinstance(item, float) and "e" in repr(item):
+            text = format(Decimal(repr(item)), "f")
+            plain.append(text if "." in text else f"{text}.0")
+            return f"\x00{len(plain) - 1}"
+        return item
+
+    text = json.dumps(swap(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    for index, literal in enumerate(plain):
+        text = text.replace(f'"\\u0000{index}"', literal, 1)
+    return text
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -234,3 +234,14 @@ def test_event_ids_given_as_text_are_accepted(store: EventStore) -> None:
     event_id = uuid.uuid4()
     store.append("order-1", [NewEvent("OrderPlaced", {}, event_id=str(event_id))])  # type: ignore[arg-type]
     assert store.read_stream("order-1")[0].event_id == event_id
+
+
+def test_numbers_round_trip_exactly_through_jsonb(store: EventStore) -> None:
+    data = {"big": 1e23, "tiny": 1.5e-7, "max": 1.7976931348623157e308, "int": 10**30, "plain": 2.5, "whole": 3.0}
+    event = NewEvent("Measured", data)
+    store.append("sensor-1", [event])
+
+    stored = store.read_stream("sensor-1")[0].data
+    assert stored == data
+    assert [type(stored[key]) for key in data] == [type(value) for value in data.values()]
+    assert store.append("sensor-1", [event]).already_stored  # a retry compares equal
