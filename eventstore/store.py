@@ -45,9 +45,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from decimal import Decimal
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
