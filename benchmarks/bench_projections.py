@@ -1,0 +1,53 @@
+"""The projections the catch-up measurement runs: one counts in one row, one writes a row per event."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from eventstore import Projection, RecordedEvent, handles
+
+__all__ = ["CountProjection", "RowPerEventProjection"]
+
+
+class CountProjection(Projection):
+    """(a) One UPDATE of a single counter row per event."""
+
+    name = "bench_count"
+    categories = ("bench",)
+
+    def setup(self, conn: Connection) -> None:
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS bench_count (id int PRIMARY KEY, n bigint NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO bench_count VALUES (1, 0) ON CONFLICT (id) DO NOTHING"))
+
+    def reset(self, conn: Connection) -> None:
+        conn.execute(sa.text("UPDATE bench_count SET n = 0"))
+
+    @handles("BenchEvent")
+    def counted(self, event: RecordedEvent, conn: Connection) -> None:
+        conn.execute(sa.text("UPDATE bench_count SET n = n + 1 WHERE id = 1"))
+
+
+class RowPerEventProjection(Projection):
+    """(b) One INSERT per event into a table keyed by event id."""
+
+    name = "bench_rows"
+    categories = ("bench",)
+
+    def setup(self, conn: Connection) -> None:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE IF NOT EXISTS bench_rows (event_id uuid PRIMARY KEY, stream_id text NOT NULL, "
+                "amount bigint NOT NULL)"
+            )
+        )
+
+    def reset(self, conn: Connection) -> None:
+        conn.execute(sa.text("TRUNCATE bench_rows"))
+
+    @handles("BenchEvent")
+    def row(self, event: RecordedEvent, conn: Connection) -> None:
+        conn.execute(
+            sa.text("INSERT INTO bench_rows VALUES (:event_id, :stream_id, :amount)"),
+            {"event_id": event.event_id, "stream_id": event.stream_id, "amount": event.data["amount"]},
+        )

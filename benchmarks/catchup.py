@@ -1,0 +1,169 @@
+"""Measurement 3: catch-up of a projection over a loaded store, next to a raw keyset read and the eventsourcing library.
+
+Every job runs in a fresh process (``benchmarks.worker``) so that the peak RSS
+reported is the worker's own. Before each eventstore run the projection's
+checkpoint and read model are dropped, so each run starts from the first event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from benchmarks.baseline_eventsourcing import BenchApplication, environment, save_order
+from benchmarks.loading import load_events
+from benchmarks.plan import Plan
+from benchmarks.report import Results
+from benchmarks.server import BenchServer
+from benchmarks.writers import PAYLOAD
+
+__all__ = ["measure_catchup", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+SECTION = "Catch-up (events/s; peak RSS of the worker process)"
+_DATABASE = "bench_catchup"
+_ES_DATABASE = "bench_es_catchup"
+_READ_BATCH = 500  # EventStore's default read_batch_size
+
+
+def runner_available() -> bool:
+    """True once eventstore exports ProjectionRunner (built in parallel with these benchmarks)."""
+    try:
+        from eventstore import ProjectionRunner  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job in a fresh Python process; its JSON answer (events, seconds, max_rss_mb)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"benchmark worker {job['kind']} failed:\n{completed.stderr[-3000:]}")
+    answer: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def _prepare_eventsourcing(server: BenchServer, count: int) -> tuple[dict[str, str], int]:
+    """The library's own tables holding ``count`` events: a template saved through the library, copied by SQL."""
+    server.create_database(_ES_DATABASE, migrated=False)
+    env = environment("127.0.0.1", server.local.port, _ES_DATABASE)
+    application = BenchApplication(env=env)
+    template_streams = 10
+    for _ in range(template_streams):
+        save_order(application, 10, PAYLOAD)
+    table = application.recorder.events_table_name  # type: ignore[attr-defined]
+    application.close()
+    copies = max(1, count // (template_streams * 10))
+    with psycopg.connect(server.libpq_url(_ES_DATABASE)) as connection:
+        # A copy of each template aggregate gets a new originator id; states do not hold it.
+        connection.execute(
+            psycopg.sql.SQL(
+                "INSERT INTO {table} (originator_id, originator_version, topic, state) "
+                "SELECT md5(t.originator_id::text || g)::uuid, t.originator_version, t.topic, t.state "
+                "FROM {table} t, generate_series(1, %s) g ORDER BY g, t.originator_id, t.originator_version"
+            ).format(table=psycopg.sql.Identifier(table)),
+            (copies - 1,),
+        )
+        connection.commit()
+        row = connection.execute(
+            psycopg.sql.SQL("SELECT max(notification_id), count(*) FROM {}").format(psycopg.sql.Identifier(table))
+        ).fetchone()
+    assert row is not None
+    with psycopg.connect(server.libpq_url(_ES_DATABASE), autocommit=True) as connection:
+        connection.execute(psycopg.sql.SQL("VACUUM (ANALYZE) {}").format(psycopg.sql.Identifier(table)))
+    return env, int(row[0])
+
+
+def _forget_projections(server: BenchServer) -> None:
+    """Drop the read models and checkpoints of the catch-up projections: the next run starts from scratch."""
+    with psycopg.connect(server.libpq_url(_DATABASE), autocommit=True) as connection:
+        connection.execute("DROP TABLE IF EXISTS bench_count, bench_rows")
+        connection.execute("DELETE FROM projection_checkpoints WHERE projection_name LIKE 'bench%%'")
+
+
+def _forget_eventsourcing(server: BenchServer, events_table: str) -> None:
+    with psycopg.connect(server.libpq_url(_ES_DATABASE), autocommit=True) as connection:
+        tables = [
+            name
+            for (name,) in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> %s", (events_table,)
+            )
+        ]
+        for name in tables:
+            connection.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(name)))
+
+
+def measure_catchup(server: BenchServer, results: Results, plan: Plan) -> None:
+    """(a) count, (b) row per event, raw keyset read and the eventsourcing library, interleaved."""
+    server.create_database(_DATABASE)
+    logger.info("loading %d events", plan.catchup_events)
+    load_events(server.libpq_url(_DATABASE), plan.catchup_events)
+    es_count = min(plan.catchup_events, plan.eventsourcing_catchup_events)
+    logger.info("loading %d events for the eventsourcing library", es_count)
+    es_env, last_notification = _prepare_eventsourcing(server, es_count)
+    es_table = "benchapp_events"
+    jobs: dict[str, dict[str, Any]] = {
+        "raw keyset read + JSON decode": {
+            "kind": "raw_read",
+            "libpq_url": server.libpq_url(_DATABASE),
+            "batch": _READ_BATCH,
+        },
+        "eventstore (a) count in one row": {"kind": "projection", "url": server.url(_DATABASE), "projection": "count"},
+        "eventstore (b) row per event": {"kind": "projection", "url": server.url(_DATABASE), "projection": "rows"},
+        "eventsourcing library (count in one row)": {
+            "kind": "eventsourcing",
+            "env": es_env,
+            "last_notification_id": last_notification,
+        },
+    }
+    if not runner_available():
+        results.notes.append("catch-up: eventstore.ProjectionRunner is not in this tree yet; eventstore rows skipped")
+        jobs = {name: job for name, job in jobs.items() if job["kind"] != "projection"}
+    names = list(jobs)
+    for round_number in range(plan.repeats):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            if jobs[name]["kind"] == "projection":
+                _forget_projections(server)
+            if jobs[name]["kind"] == "eventsourcing":
+                _forget_eventsourcing(server, es_table)
+            answer = run_worker(jobs[name])
+            expected = last_notification if jobs[name]["kind"] == "eventsourcing" else plan.catchup_events
+            if answer["events"] != expected:
+                raise RuntimeError(f"catch-up {name}: processed {answer['events']} events, expected {expected}")
+            rate = answer["events"] / answer["seconds"]
+            logger.info(
+                "catch-up %s round %d: %.0f events/s, %.0f MB", name, round_number + 1, rate, answer["max_rss_mb"]
+            )
+            compare: tuple[str, ...] = ()
+            if name.startswith("eventstore"):
+                compare = ("raw keyset read + JSON decode", "eventsourcing library (count in one row)")
+            events = answer["events"]
+            results.add(
+                SECTION,
+                "catch-up",
+                name,
+                rate,
+                unit="ev/s",
+                compare_to=compare,
+                extra={"events": events, "peak RSS MB": answer["max_rss_mb"]},
+            )
+    if es_count < plan.catchup_events:
+        results.notes.append(
+            f"catch-up: the eventsourcing library ran over {last_notification:,} events (not "
+            f"{plan.catchup_events:,}) to keep the run short; its rate is per event, so the ratio stands"
+        )

@@ -1,0 +1,100 @@
+"""``python -m benchmarks [--quick] [--only append,latency,catchup,rebuild] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+logger = logging.getLogger("benchmarks")
+
+MEASUREMENTS = ("append", "latency", "catchup", "rebuild")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small smoke run (about a minute)")
+    parser.add_argument(
+        "--only",
+        default=",".join(MEASUREMENTS),
+        help=f"comma-separated subset of {','.join(MEASUREMENTS)} (default: all)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output directory")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every sample")
+    arguments = parser.parse_args(argv)
+    chosen = [name.strip() for name in arguments.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(MEASUREMENTS))
+    if unknown or not chosen:
+        parser.error(f"--only got {','.join(unknown) or 'nothing'}; choose from {','.join(MEASUREMENTS)}")
+    arguments.only = chosen
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = _parse(argv)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logger.setLevel(logging.INFO if arguments.verbose else logging.WARNING)
+    from benchmarks.plan import FULL, QUICK
+
+    plan = QUICK if arguments.quick else FULL
+    began = time.monotonic()
+
+    from benchmarks.report import Results, machine_description
+    from benchmarks.server import bench_server
+
+    with bench_server() as server:
+        results = Results(mode=plan.mode, machine=machine_description(server.settings()))
+        pool = None
+        try:
+            if "append" in arguments.only or "latency" in arguments.only:
+                from benchmarks.append import CONTENDERS, measure_append, prepare_targets
+                from benchmarks.writers import WriterPool
+
+                logger.info("starting %d writer processes", max(plan.writer_counts))
+                pool = WriterPool(prepare_targets(server), max(plan.writer_counts))
+                for contender in CONTENDERS:  # connect and warm up outside any measurement
+                    pool.start(max(plan.writer_counts), contender, 1, 0.0, delay=0.0)
+                    pool.collect()
+            if "append" in arguments.only:
+                assert pool is not None
+                logger.info("append: %s", plan)
+                measure_append(
+                    pool,
+                    results,
+                    writer_counts=plan.writer_counts,
+                    batch_sizes=plan.batch_sizes,
+                    repeats=plan.repeats,
+                    duration=plan.append_seconds,
+                )
+            if "latency" in arguments.only:
+                assert pool is not None
+                from benchmarks.latency import measure_latency
+
+                logger.info("latency")
+                measure_latency(server, pool, results, plan)
+            if "catchup" in arguments.only:
+                from benchmarks.catchup import measure_catchup
+
+                logger.info("catch-up")
+                measure_catchup(server, results, plan)
+            if "rebuild" in arguments.only:
+                from benchmarks.rebuild import measure_rebuild
+
+                logger.info("rebuild")
+                measure_rebuild(server, results, plan)
+        finally:
+            if pool is not None:
+                pool.close()
+    results.notes.append(f"total run time {time.monotonic() - began:.0f} s")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    md_path, json_path = results.write(arguments.out, stamp=stamp)
+    print(results.markdown())
+    print(f"\nwrote {md_path} and {json_path}", file=sys.stderr)

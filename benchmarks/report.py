@@ -1,0 +1,155 @@
+"""Collect samples, then write the markdown table of medians (min-max) with ratios, and the raw JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Results"]
+
+
+@dataclass
+class _Row:
+    section: str
+    case: str
+    contender: str
+    unit: str
+    samples: list[float] = field(default_factory=list)
+    compare_to: tuple[str, ...] = ()
+    extra: dict[str, list[float]] = field(default_factory=dict)
+
+
+class Results:
+    """Samples per (section, case, contender); ratios are medians divided by the baseline's median, same run."""
+
+    def __init__(self, *, mode: str, machine: dict[str, Any]) -> None:
+        self.mode = mode
+        self.machine = machine
+        self._rows: dict[tuple[str, str, str], _Row] = {}
+        self.notes: list[str] = []
+
+    def add(
+        self,
+        section: str,
+        case: str,
+        contender: str,
+        value: float,
+        *,
+        unit: str,
+        compare_to: tuple[str, ...] = (),
+        extra: dict[str, float] | None = None,
+    ) -> None:
+        """Record one sample; ``compare_to`` names the contenders (same section and case) to show ratios against."""
+        key = (section, case, contender)
+        row = self._rows.setdefault(key, _Row(section, case, contender, unit, compare_to=compare_to))
+        row.samples.append(value)
+        for name, number in (extra or {}).items():
+            row.extra.setdefault(name, []).append(number)
+
+    def median(self, section: str, case: str, contender: str) -> float | None:
+        row = self._rows.get((section, case, contender))
+        return statistics.median(row.samples) if row and row.samples else None
+
+    def ratio(self, section: str, case: str, contender: str, baseline: str) -> float | None:
+        mine, theirs = self.median(section, case, contender), self.median(section, case, baseline)
+        if mine is None or not theirs:
+            return None
+        return mine / theirs
+
+    def markdown(self) -> str:
+        lines = [f"Mode: {self.mode}. Medians of the interleaved repetitions (min-max in brackets).", ""]
+        sections: dict[str, list[_Row]] = {}
+        for row in self._rows.values():
+            sections.setdefault(row.section, []).append(row)
+        for section, rows in sections.items():
+            lines += [f"### {section}", "", "| case | contender | median (min-max) | ratio of medians | other |"]
+            lines.append("|---|---|---|---|---|")
+            for row in rows:
+                ratios = []
+                for baseline in row.compare_to:
+                    value = self.ratio(row.section, row.case, row.contender, baseline)
+                    if value is not None:
+                        ratios.append(f"{value:.2f}x {baseline}")
+                other = "; ".join(f"{name} {_number(statistics.median(values))}" for name, values in row.extra.items())
+                lines.append(
+                    f"| {row.case} | {row.contender} | {_number(statistics.median(row.samples))} "
+                    f"({_number(min(row.samples))}-{_number(max(row.samples))}) {row.unit} "
+                    f"| {'; '.join(ratios)} | {other} |"
+                )
+            lines.append("")
+        if self.notes:
+            lines += ["Notes:", ""] + [f"- {note}" for note in self.notes] + [""]
+        return "\n".join(lines)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "machine": self.machine,
+            "notes": self.notes,
+            "rows": [
+                {
+                    "section": row.section,
+                    "case": row.case,
+                    "contender": row.contender,
+                    "unit": row.unit,
+                    "samples": row.samples,
+                    "median": statistics.median(row.samples),
+                    "extra": row.extra,
+                    "ratios": {
+                        baseline: self.ratio(row.section, row.case, row.contender, baseline)
+                        for baseline in row.compare_to
+                    },
+                }
+                for row in self._rows.values()
+            ],
+        }
+
+    def write(self, directory: Path, *, stamp: str) -> tuple[Path, Path]:
+        """Write ``results-<stamp>.md`` and ``results-<stamp>.json`` (and ``latest.*`` copies) into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        markdown = self.markdown()
+        data = json.dumps(self.as_json(), indent=2, sort_keys=True)
+        md_path, json_path = directory / f"results-{stamp}.md", directory / f"results-{stamp}.json"
+        md_path.write_text(markdown)
+        json_path.write_text(data)
+        (directory / "latest.md").write_text(markdown)
+        (directory / "latest.json").write_text(data)
+        return md_path, json_path
+
+
+def _number(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def machine_description(settings: dict[str, str]) -> dict[str, Any]:
+    """CPU, memory, OS and the PostgreSQL settings that decide the numbers."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    with contextlib.suppress(OSError, IndexError):
+        memory = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": settings,
+    }

@@ -1,0 +1,49 @@
+"""The benchmark script works end to end: one ``python -m benchmarks --quick`` run (never a timed assertion)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_run_writes_the_markdown_table_and_the_raw_json(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "| case | contender | median (min-max) | ratio of medians | other |" in markdown
+    assert "x raw" in markdown  # eventstore's append rows carry their ratio to the raw inserts
+    assert markdown == completed.stdout.rstrip("\n")
+
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert results["mode"] == "quick"
+    rows = {(row["section"].split(" ")[0], row["case"], row["contender"]): row for row in results["rows"]}
+    for writers in ("1 writer", "4 writers", "8 writers"):
+        for events in ("1 event/append", "10 events/append"):
+            for contender in ("eventstore", "raw", "eventstore_no_notify", "eventsourcing"):
+                row = rows[("Append", f"{writers}, {events}", contender)]
+                assert len(row["samples"]) == 2  # two interleaved rounds
+                assert all(sample > 0 for sample in row["samples"])
+    eventstore = rows[("Append", "1 writer, 10 events/append", "eventstore")]
+    assert eventstore["ratios"]["raw"] == pytest.approx(
+        eventstore["median"] / rows[("Append", "1 writer, 10 events/append", "raw")]["median"]
+    )
+    catch_up = rows[("Catch-up", "catch-up", "raw keyset read + JSON decode")]
+    assert catch_up["extra"]["events"] == [20_000, 20_000]
+    assert 0 < catch_up["extra"]["peak RSS MB"][0] < 1_000
+    assert len(list(tmp_path.glob("results-*.json"))) == 1
