@@ -1,0 +1,317 @@
+"""Operate projections: status, failures, retry, skip, reset, rebuild, replay one stream.
+
+The functions the CLI calls. Writers here take the same locks as runners (see
+:mod:`eventstore.checkpoints` and :mod:`eventstore.worker`): ``reset`` and
+``rebuild`` take the projection's advisory lock and raise
+:class:`~eventstore.errors.ProjectionBusy` while a runner holds it;
+``retry``, ``skip`` and ``replay_stream`` lock the checkpoint row, so they
+are safe while a runner is live, and wake the runners when they commit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from eventstore import checkpoints
+from eventstore.checkpoints import Checkpoint, ProjectionFailure
+from eventstore.database import translate_driver_errors
+from eventstore.errors import DatabaseUnavailable, ProjectionBusy, ProjectionError, ProjectionNotFound
+from eventstore.projection import Projection
+from eventstore.store import EventStore
+from eventstore.worker import ProjectionSession, RunnerSettings, lock_owners, session_engine
+
+__all__ = [
+    "ProjectionFailure",
+    "ProjectionStatus",
+    "list_failures",
+    "projection_status",
+    "rebuild",
+    "replay_stream",
+    "reset",
+    "retry",
+    "skip",
+    "wait_until_processed",
+]
+
+# Events after a checkpoint that readers can see now (the gap rule's fence), with the projection's filters.
+_LAG = sa.text(
+    """
+    SELECT count(*) AS lag_events,
+           coalesce(extract(epoch FROM now() - min(recorded_at)), 0)::float8 AS lag_seconds
+    FROM events
+    WHERE (transaction_order, global_position) > (CAST(:order AS xid8), :position)
+      AND transaction_order < pg_snapshot_xmin(pg_current_snapshot())
+      AND (CAST(:categories AS text[]) IS NULL OR category = ANY(CAST(:categories AS text[])))
+      AND (CAST(:event_types AS text[]) IS NULL OR event_type = ANY(CAST(:event_types AS text[])))
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionStatus:
+    """One projection's progress. ``state``: running, idle, failed, stopped or rebuilding.
+
+    ``running``/``idle``: a runner holds the lock (``owner`` is its ``host:pid``)
+    and has events to process / is caught up; ``stopped``: no runner holds it.
+    """
+
+    name: str
+    position: int
+    head: int
+    lag_events: int
+    lag_seconds: float
+    state: str
+    owner: str | None
+    last_error: str | None
+    failed_position: int | None
+
+
+def projection_status(store: EventStore, projections: Sequence[Projection | str]) -> list[ProjectionStatus]:
+    """The status of each projection (by instance, which also gives its filters, or by name)."""
+    items = [(p, (), ()) if isinstance(p, str) else (p.name, p.categories, p.event_types) for p in projections]
+    names = [name for name, _, _ in items]
+    head = store.head_position()
+    statuses = []
+    with translate_driver_errors(store.engine), store.engine.connect() as connection:
+        stored = checkpoints.load_all(connection, names)
+        held = lock_owners(connection, names)
+        for name, categories, event_types in items:
+            current = stored.get(name)
+            order, position = current.cursor if current else (0, 0)
+            lag = connection.execute(
+                _LAG,
+                {
+                    "order": str(order),
+                    "position": position,
+                    "categories": list(categories) or None,
+                    "event_types": list(event_types) or None,
+                },
+            ).one()
+            statuses.append(
+                ProjectionStatus(
+                    name=name,
+                    position=position,
+                    head=head,
+                    lag_events=int(lag.lag_events),
+                    lag_seconds=float(lag.lag_seconds),
+                    state=_state(current, name in held, int(lag.lag_events)),
+                    owner=current.owner if current is not None and name in held else None,
+                    last_error=current.last_error if current else None,
+                    failed_position=current.failed_position if current else None,
+                )
+            )
+    return statuses
+
+
+def _state(current: Checkpoint | None, held: bool, lag: int) -> str:
+    if current is not None and current.state == "failed":
+        return "failed"
+    if not held:
+        return "stopped"
+    if current is not None and current.state == "rebuilding":
+        return "rebuilding"
+    return "running" if lag else "idle"
+
+
+def list_failures(store: EventStore, name: str | None = None) -> list[ProjectionFailure]:
+    """Recorded poison events (failed, skipped or retried), oldest first."""
+    with translate_driver_errors(store.engine), store.engine.connect() as connection:
+        return checkpoints.list_failures(connection, name)
+
+
+def _locked_failed(connection: Connection, name: str) -> Checkpoint:
+    current = checkpoints.lock(connection, name)
+    if current is None:
+        raise ProjectionNotFound(name)
+    if not current.failed or current.failed_position is None:
+        raise ProjectionError(f"projection {name!r} is not failed (state {current.state!r}); nothing to retry or skip")
+    return current
+
+
+def retry(store: EventStore, name: str) -> int:
+    """Clear a failed projection so its runner tries the poison event again; returns its position.
+
+    Raises :class:`ProjectionNotFound`, or :class:`ProjectionError` when the projection is not failed.
+    """
+    with translate_driver_errors(store.engine), store.engine.begin() as connection:
+        current = _locked_failed(connection, name)
+        position = int(current.failed_position or 0)
+        checkpoints.resolve_failure(connection, name, position, "retried")
+        checkpoints.clear_failure(connection, name, state="running" if current.owner else "idle")
+        checkpoints.wake_runners(connection)
+    return position
+
+
+def skip(store: EventStore, name: str) -> int:
+    """Move a failed projection past its poison event (recorded as skipped); returns its position.
+
+    Raises :class:`ProjectionNotFound`, or :class:`ProjectionError` when the projection is not failed.
+    """
+    with translate_driver_errors(store.engine), store.engine.begin() as connection:
+        current = _locked_failed(connection, name)
+        position = int(current.failed_position or 0)
+        checkpoints.advance(connection, name, store.order_of(position))
+        checkpoints.resolve_failure(connection, name, position, "skipped")
+        checkpoints.clear_failure(connection, name, state="running" if current.owner else "idle")
+        checkpoints.wake_runners(connection)
+    return position
+
+
+def reset(store: EventStore, projection: Projection) -> None:
+    """Clear the read model (``projection.reset``) and move the checkpoint to the start.
+
+    Raises :class:`ProjectionBusy` while a runner holds the projection.
+    """
+    engine = session_engine(store, application_name="eventstore-admin")
+    try:
+        session = _acquire(engine, store, projection, threading.Event(), state="stopped")
+        try:
+            with session.connection.begin():
+                checkpoints.lock(session.connection, projection.name)
+                projection.reset(session.connection)
+                checkpoints.move_to(session.connection, projection.name, (0, 0))
+                checkpoints.clear_failure(session.connection, projection.name, state="stopped")
+        finally:
+            session.release()
+    finally:
+        engine.dispose()
+
+
+def rebuild(
+    store: EventStore,
+    projection: Projection,
+    from_position: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    stop_event: threading.Event | None = None,
+    *,
+    batch_size: int = 500,
+) -> int:
+    """Rebuild a read model from the events; returns the number of events consumed.
+
+    Without ``from_position``: ``projection.reset()`` and replay everything.
+    With it: keep the read model and re-apply the events after that position
+    (the projection must tolerate seeing them again). ``progress(done,
+    total)`` is called after each batch; setting ``stop_event`` ends the
+    rebuild after the current batch, with its checkpoint committed (a runner
+    or a later rebuild continues from there).
+
+    Raises :class:`ProjectionBusy` while a runner holds the projection,
+    :class:`~eventstore.errors.UnknownPosition` for a ``from_position`` that
+    is not a stored event.
+    """
+    stop = stop_event or threading.Event()
+    start = store.order_of(from_position) if from_position else (0, 0)
+    engine = session_engine(store, application_name="eventstore-admin")
+    try:
+        session = _acquire(engine, store, projection, stop, state="rebuilding", batch_size=batch_size)
+        try:
+            with session.connection.begin():
+                checkpoints.lock(session.connection, projection.name)
+                if from_position is None:
+                    projection.reset(session.connection)
+                checkpoints.move_to(session.connection, projection.name, start)
+                checkpoints.clear_failure(session.connection, projection.name, state="rebuilding")
+            total = projection_status(store, [projection])[0].lag_events
+            done = 0
+
+            def report(consumed: int) -> None:
+                nonlocal done
+                done += consumed
+                if progress is not None:
+                    progress(done, max(total, done))
+
+            if progress is not None:
+                progress(0, total)
+            result = session.catch_up(progress=report)
+            return result.processed
+        finally:
+            session.release()
+    finally:
+        engine.dispose()
+
+
+def _acquire(
+    engine: sa.Engine,
+    store: EventStore,
+    projection: Projection,
+    stop: threading.Event,
+    *,
+    state: str,
+    batch_size: int = 500,
+) -> ProjectionSession:
+    projection.check()
+    settings = RunnerSettings(batch_size=batch_size)
+    with translate_driver_errors(store.engine):
+        session = ProjectionSession.acquire(engine, store, projection, settings=settings, stop=stop, state=state)
+    if session is None:
+        with store.engine.connect() as connection:
+            current = checkpoints.load(connection, projection.name)
+        raise ProjectionBusy(projection.name, current.owner if current else None)
+    return session
+
+
+def replay_stream(store: EventStore, projection: Projection, stream_id: str) -> int:
+    """Rebuild what the read model holds about one stream; returns the events re-applied.
+
+    Calls ``projection.forget_stream(stream_id)``, then re-applies the
+    stream's events the projection has already consumed (up to its
+    checkpoint, within its filters), in one transaction that holds the
+    checkpoint row, so it is safe while a runner is live. Raises
+    :class:`ProjectionError` if the projection does not implement
+    ``forget_stream``, :class:`ProjectionNotFound` if it has no checkpoint;
+    a handler's exception propagates (nothing is changed).
+    """
+    events = store.read_stream(stream_id)
+    with translate_driver_errors(store.engine), store.engine.begin() as connection:
+        current = checkpoints.lock(connection, projection.name)
+        if current is None:
+            raise ProjectionNotFound(projection.name)
+        try:
+            projection.forget_stream(stream_id, connection)
+        except NotImplementedError as error:
+            raise ProjectionError(str(error)) from error
+        applied = 0
+        for event in events:
+            if (event.transaction_order, event.global_position) > current.cursor:
+                break
+            if projection.categories and event.category not in projection.categories:
+                continue
+            if projection.event_types and event.type not in projection.event_types:
+                continue
+            projection.apply(event, connection)
+            applied += 1
+    return applied
+
+
+def wait_until_processed(store: EventStore, projection_name: str, position: int, timeout: float = 10.0) -> None:
+    """Return once ``projection_name`` has consumed ``position``; :class:`TimeoutError` otherwise.
+
+    Polls the stored checkpoint, so it works whichever process runs the projection.
+    """
+    if position <= 0:
+        return
+    target = store.order_of(position)
+    deadline = time.monotonic() + timeout
+    current: Checkpoint | None = None
+    while True:
+        try:
+            with store.engine.connect() as connection:
+                current = checkpoints.load(connection, projection_name)
+            if current is not None and current.cursor >= target:
+                return
+        except (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError):
+            pass
+        if time.monotonic() >= deadline:
+            where = "no checkpoint" if current is None else f"at position {current.position}, state {current.state}"
+            error = current.last_error if current else None
+            raise TimeoutError(
+                f"projection {projection_name!r} did not process position {position} within {timeout} s "
+                f"({where}; last error: {error})"
+            )
+        time.sleep(0.02)

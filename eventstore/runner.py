@@ -1,0 +1,309 @@
+"""Run several projections: one listener, one worker thread per projection, signals, shutdown.
+
+``ProjectionRunner(store, projections).run()`` blocks until :meth:`stop` or
+SIGTERM/SIGINT. On the first signal every worker finishes its current batch,
+commits its checkpoint and releases its lock, and :meth:`run` returns (a CLI
+then exits 0) within ``shutdown_timeout`` seconds; a second signal aborts at
+once with :class:`KeyboardInterrupt`. Signal handlers are installed only when
+:meth:`run` is called in the main thread, and restored when it returns.
+
+Any number of runners may run the same projections, in any processes on any
+hosts: for each projection exactly one applies at a time, the others stand by
+(see :mod:`eventstore.worker` for how, and for the delivery guarantees).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from eventstore import checkpoints
+from eventstore.checkpoints import Cursor
+from eventstore.database import libpq_url
+from eventstore.errors import ConfigurationError, DatabaseUnavailable, ProjectionBusy, ProjectionError
+from eventstore.listener import Listener
+from eventstore.projection import Projection
+from eventstore.store import NOTIFY_CHANNEL, EventStore
+from eventstore.types import RecordedEvent
+from eventstore.worker import ProjectionSession, RunnerSettings, Worker, owner_id, session_engine
+
+__all__ = ["ProjectionRunner"]
+
+logger = logging.getLogger(__name__)
+
+_WAIT_POLL = 0.05
+
+
+class ProjectionRunner:
+    """Keep ``projections`` up to date from ``store``.
+
+    Keyword arguments: ``poll_interval`` (fallback re-check, seconds),
+    ``on_batch(projection_name, events)`` (called after each committed batch),
+    and the :class:`~eventstore.worker.RunnerSettings` fields (``batch_size``,
+    ``held_back_interval``, ``lock_retry_interval``, ``retry_attempts``,
+    ``retry_delay``, ``retry_max_delay``, ``reconnect_max_delay``,
+    ``liveness_interval``), plus ``shutdown_timeout``.
+
+    Raises :class:`ConfigurationError` for a bad projection list (names the
+    projection and the fix).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        projections: Sequence[Projection],
+        *,
+        poll_interval: float = 5.0,
+        on_batch: Callable[[str, list[RecordedEvent]], None] | None = None,
+        shutdown_timeout: float = 8.0,
+        **settings: Any,
+    ) -> None:
+        if isinstance(projections, Projection) or not projections:
+            raise ConfigurationError("ProjectionRunner needs a non-empty list of Projection instances")
+        names: set[str] = set()
+        for projection in projections:
+            if not isinstance(projection, Projection):
+                raise ConfigurationError(
+                    f"expected Projection instances, got {projection!r}; pass e.g. OrderTotals(), not OrderTotals"
+                )
+            projection.check()
+            if projection.name in names:
+                raise ConfigurationError(f"two projections are named {projection.name!r}; names must be unique")
+            names.add(projection.name)
+        try:
+            self.settings = RunnerSettings(poll_interval=poll_interval, **settings)
+        except TypeError as error:
+            raise ConfigurationError(f"ProjectionRunner: {error}") from error
+        self.store = store
+        self.projections = list(projections)
+        self.on_batch = on_batch
+        self.shutdown_timeout = shutdown_timeout
+        self.owner = owner_id()
+        self._stop = threading.Event()
+        self._signalled = 0
+        self._ran = False
+        self._running = threading.Event()
+        self._progress = threading.Condition()
+        self._workers: list[Worker] = []
+        self.listener: Listener | None = None
+
+    def __repr__(self) -> str:
+        return f"ProjectionRunner({[projection.name for projection in self.projections]!r})"
+
+    # -- running ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until :meth:`stop` or SIGTERM/SIGINT; returns after a clean shutdown.
+
+        A runner runs once; create a new one to run again.
+        """
+        if self._ran:
+            raise ProjectionError("this ProjectionRunner has already run; create a new one to run again")
+        self._ran = True
+        engine = session_engine(self.store, application_name="eventstore-runner")
+        listener = Listener(
+            libpq_url(self.store.engine),
+            NOTIFY_CHANNEL,
+            self._on_wake,
+            liveness_interval=self.settings.liveness_interval,
+            reconnect_initial_delay=self.settings.reconnect_initial_delay,
+            reconnect_max_delay=self.settings.reconnect_max_delay,
+        )
+        self.listener = listener
+        self._workers = [
+            Worker(
+                self.store,
+                projection,
+                engine=engine,
+                settings=self.settings,
+                stop=self._stop,
+                owner=self.owner,
+                on_batch=self.on_batch,
+                on_commit=self._on_commit,
+            )
+            for projection in self.projections
+        ]
+        listener_thread = threading.Thread(
+            target=listener.run, args=(self._stop,), name="eventstore-listener", daemon=True
+        )
+        with self._signal_handlers():
+            logger.info("runner starting", extra={"owner": self.owner, "projections": self._names()})
+            listener_thread.start()
+            for worker in self._workers:
+                worker.thread.start()
+            self._running.set()
+            try:
+                while not self._stop.wait(1.0):
+                    pass
+                if self._signalled:
+                    logger.info("runner: signal received; finishing current batches",
+                                extra={"owner": self.owner})  # fmt: skip
+                self._shutdown(listener_thread)
+            finally:
+                self._running.clear()
+                engine.dispose()
+        logger.info("runner stopped", extra={"owner": self.owner, "projections": self._names()})
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish the current batches and return; safe from any thread."""
+        self._stop.set()
+        for worker in self._workers:
+            worker.notify()
+
+    @property
+    def running(self) -> bool:
+        """True while :meth:`run` is active."""
+        return self._running.is_set()
+
+    def active_projections(self) -> list[str]:
+        """Names of the projections whose lock this runner holds now (the others stand by)."""
+        return [worker.projection.name for worker in self._workers if worker.active.is_set()]
+
+    def _shutdown(self, listener_thread: threading.Thread) -> None:
+        deadline = time.monotonic() + self.shutdown_timeout
+        for worker in self._workers:
+            worker.notify()
+        for worker in self._workers:
+            worker.thread.join(max(0.0, deadline - time.monotonic()))
+            if worker.thread.is_alive():
+                logger.error("projection %s: worker did not finish within %.1f s; abandoning it",
+                             worker.projection.name, self.shutdown_timeout,
+                             extra={"projection_name": worker.projection.name})  # fmt: skip
+        listener_thread.join(max(0.0, deadline - time.monotonic()))
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+        for number in previous:
+            signal.signal(number, self._on_signal)
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # No logging here: a signal handler may interrupt the logging module while it holds its lock.
+        self._signalled += 1
+        if self._signalled > 1:
+            raise KeyboardInterrupt(f"second signal ({signal.Signals(signum).name}): aborting")
+        self.stop()
+
+    def _on_wake(self, reason: str) -> None:
+        for worker in self._workers:
+            worker.notify()
+
+    def _on_commit(self, name: str, cursor: Cursor) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
+    def _names(self) -> list[str]:
+        return [projection.name for projection in self.projections]
+
+    # -- catching up and waiting ------------------------------------------------
+
+    def run_until_caught_up(self, timeout: float | None = None) -> int:
+        """Process every projection up to the current head, then return the number of events consumed.
+
+        While :meth:`run` is active this only waits for its workers. Otherwise
+        it takes each projection's lock for the duration (raises
+        :class:`ProjectionBusy` when another runner holds it). A projection
+        that is or becomes failed is left failed. Raises :class:`TimeoutError`
+        after ``timeout`` seconds.
+        """
+        if self._running.is_set():
+            self.wait_until_processed(self.store.head_position(), timeout=timeout or 3600.0)
+            return 0
+        stop = threading.Event()
+        timer = threading.Timer(timeout, stop.set) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        engine = session_engine(self.store, application_name="eventstore-catch-up")
+        total = 0
+        try:
+            for projection in self.projections:
+                total += self._catch_up_one(engine, projection, stop)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            engine.dispose()
+        return total
+
+    def _catch_up_one(self, engine: Engine, projection: Projection, stop: threading.Event) -> int:
+        session = ProjectionSession.acquire(
+            engine,
+            self.store,
+            projection,
+            settings=self.settings,
+            stop=stop,
+            owner=self.owner,
+            on_batch=self.on_batch,
+            on_commit=self._on_commit,
+        )
+        if session is None:
+            raise ProjectionBusy(projection.name, self._stored_owner(projection.name))
+        try:
+            result = session.catch_up()
+        finally:
+            session.release()
+        if not (result.caught_up or result.failed):
+            raise TimeoutError(
+                f"projection {projection.name!r} did not catch up in time ({result.processed} events processed); "
+                "pass a larger timeout"
+            )
+        return result.processed
+
+    def _stored_owner(self, name: str) -> str | None:
+        with self.store.engine.connect() as connection:
+            current = checkpoints.load(connection, name)
+        return None if current is None else current.owner
+
+    def wait_until_processed(self, position: int, timeout: float = 10.0) -> None:
+        """Return once every projection has consumed the event at ``position`` (and all before it).
+
+        Works whichever runner (process, host) applies the projections.
+        Raises :class:`TimeoutError` naming the lagging projections (and their
+        stored error, if failed), :class:`~eventstore.errors.UnknownPosition`
+        if no event has that position.
+        """
+        if position <= 0:
+            return
+        target = self.store.order_of(position)
+        deadline = time.monotonic() + timeout
+        names = self._names()
+        while True:
+            try:
+                with self.store.engine.connect() as connection:
+                    stored = checkpoints.load_all(connection, names)
+                lagging = [name for name in names if name not in stored or stored[name].cursor < target]
+            except (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError):
+                stored, lagging = {}, names  # the server is restarting: keep waiting
+            if not lagging:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                details = ", ".join(_describe_lag(name, stored.get(name)) for name in lagging)
+                raise TimeoutError(f"position {position} not processed within {timeout} s by: {details}")
+            with self._progress:
+                self._progress.wait(min(_WAIT_POLL, remaining))
+
+
+def _describe_lag(name: str, current: checkpoints.Checkpoint | None) -> str:
+    if current is None:
+        return f"{name} (no checkpoint yet)"
+    if current.failed:
+        return f"{name} (failed at position {current.failed_position}: {current.last_error})"
+    return f"{name} (at position {current.position})"
