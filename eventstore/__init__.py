@@ -12,14 +12,18 @@ from eventstore.errors import (
     DuplicateEventId,
     EventStoreError,
     InvalidEvent,
+    ProjectionBusy,
     ProjectionError,
+    ProjectionNotFound,
     SchemaNotReady,
     StreamNotFound,
     UnknownPosition,
     WrongExpectedVersion,
 )
 from eventstore.migrations import migrate
+from eventstore.projection import Projection, handles
 from eventstore.repository import Aggregate, Repository, applies
+from eventstore.runner import ProjectionRunner
 from eventstore.store import EventStore
 from eventstore.types import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 
@@ -38,7 +42,11 @@ __all__ = [
     "ExpectedVersion",
     "InvalidEvent",
     "NewEvent",
+    "Projection",
+    "ProjectionBusy",
     "ProjectionError",
+    "ProjectionNotFound",
+    "ProjectionRunner",
     "RecordedEvent",
     "Repository",
     "SchemaNotReady",
@@ -46,5 +54,6 @@ __all__ = [
     "UnknownPosition",
     "WrongExpectedVersion",
     "applies",
+    "handles",
     "migrate",
 ]
