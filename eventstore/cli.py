@@ -349,7 +349,7 @@ def projections_run(
     ] = False,
 ) -> None:
     """Run projection workers until Ctrl-C / SIGTERM (or --until-caught-up)."""
-    from eventstore import ProjectionRunner  # type: ignore[attr-defined]
+    from eventstore.runner import ProjectionRunner
 
     state = _state(ctx)
     selected = pick(state.projections(), names or [])
@@ -442,8 +442,8 @@ def projections_retry(ctx: typer.Context, name: Annotated[str, typer.Argument(he
     from eventstore import admin
 
     state = _state(ctx)
-    result = admin.retry(state.store(), pick_one(state.projections(), name).name)
-    typer.echo(f"retry of {name} requested" + (f" ({result})" if result not in (None, True) else ""))
+    position = admin.retry(state.store(), pick_one(state.projections(), name).name)
+    typer.echo(f"retry of {name} requested at position {position}")
 
 
 @projections_app.command("skip")
@@ -452,8 +452,8 @@ def projections_skip(ctx: typer.Context, name: Annotated[str, typer.Argument(hel
     from eventstore import admin
 
     state = _state(ctx)
-    result = admin.skip(state.store(), pick_one(state.projections(), name).name)
-    typer.echo(f"skipped the failed event of {name}" + (f" ({result})" if result not in (None, True) else ""))
+    position = admin.skip(state.store(), pick_one(state.projections(), name).name)
+    typer.echo(f"skipped the event at position {position} for {name}")
 
 
 # -- streams --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from eventstore.database import create_engine, describe_target, mask_url, translate_driver_errors
 from eventstore.embedded import LocalPostgres
+from eventstore.errors import ConfigurationError
 from eventstore.migrations import current_revision, head_revision, migrate
 
 __all__ = ["EMBEDDED_DATABASE", "Target", "embedded_home", "embedded_server", "open_target"]
@@ -72,7 +73,13 @@ def open_target(url: str | None, *, home: str | None = None, auto_migrate: bool 
         DatabaseUnavailable: the embedded server cannot be reached after starting.
     """
     if url:
-        return Target(create_engine(url, pool_pre_ping=True))
+        try:
+            return Target(create_engine(url, pool_pre_ping=True))
+        except ValueError:  # e.g. a non-numeric port; the message may quote the URL
+            raise ConfigurationError(
+                "invalid database URL: its host or port cannot be parsed; "
+                "expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+            ) from None  # the ValueError may quote the URL, password included
     server = embedded_server(home).ensure_running()
     _create_database(server)
     engine = create_engine(server.url(EMBEDDED_DATABASE), pool_pre_ping=True)

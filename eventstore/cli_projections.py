@@ -49,7 +49,7 @@ def load_projections(module_name: str) -> list[Any]:
 
 
 def _discover(module: Any) -> list[Any]:
-    from eventstore import Projection  # type: ignore[attr-defined]
+    from eventstore.projection import Projection
 
     found: list[Any] = []
     for value in vars(module).values():
