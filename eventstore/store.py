@@ -50,10 +50,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from eventstore.database import create_engine, translate_driver_errors
+from eventstore.database import create_engine, describe_target, translate_driver_errors
 from eventstore.errors import (
     DatabaseUnavailable,
     DuplicateEventId,
@@ -86,30 +87,31 @@ _COLUMNS = (
     "stream_version, event_type, data, metadata, recorded_at"
 )
 
-_APPEND = sa.text(
-    """
+# psycopg's named style: the same text runs on a raw psycopg connection (our
+# own one-statement transaction) and through Connection.exec_driver_sql.
+_APPEND = """
     WITH last AS (
         SELECT stream_version, transaction_order FROM events
-        WHERE stream_id = :stream_id ORDER BY stream_version DESC LIMIT 1
+        WHERE stream_id = %(stream_id)s ORDER BY stream_version DESC LIMIT 1
     ), head AS (
         SELECT coalesce((SELECT stream_version FROM last), 0) AS version,
                greatest(pg_current_xact_id(), (SELECT transaction_order FROM last)) AS transaction_order
     )
     INSERT INTO events (transaction_order, event_id, stream_id, stream_version, event_type, data, metadata)
-    SELECT head.transaction_order, e.event_id, :stream_id, head.version + e.ordinal,
+    SELECT head.transaction_order, e.event_id, %(stream_id)s, head.version + e.ordinal,
            e.event_type, CAST(e.data AS jsonb), CAST(e.metadata AS jsonb)
-    FROM head, unnest(CAST(:event_ids AS uuid[]), CAST(:event_types AS text[]),
-                      CAST(:datas AS text[]), CAST(:metadatas AS text[]))
+    FROM head, unnest(CAST(%(event_ids)s AS uuid[]), CAST(%(event_types)s AS text[]),
+                      CAST(%(datas)s AS text[]), CAST(%(metadatas)s AS text[]))
                WITH ORDINALITY AS e(event_id, event_type, data, metadata, ordinal)
-    WHERE CASE CAST(:expectation AS text)
+    WHERE CASE CAST(%(expectation)s AS text)
               WHEN 'any' THEN true
               WHEN 'exists' THEN head.version > 0
-              ELSE head.version = CAST(:expected AS integer)
+              ELSE head.version = CAST(%(expected)s AS integer)
           END
-    ON CONFLICT (event_id) DO NOTHING
     RETURNING global_position, stream_version
-    """
-)
+"""
+
+_STREAM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('eventstore:stream:' || %(stream_id)s, 0))"
 
 _STORED_BY_ID = sa.text(
     "SELECT event_id, stream_id, stream_version, event_type, data, metadata, global_position "
@@ -117,8 +119,6 @@ _STORED_BY_ID = sa.text(
 )
 
 _STREAM_VERSION = sa.text("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = :stream_id")
-
-_STREAM_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended('eventstore:stream:' || :stream_id, 0))")
 
 _ORDER_OF_POSITION = sa.text("SELECT transaction_order::text FROM events WHERE global_position = :position")
 
@@ -194,73 +194,103 @@ class EventStore:
         prepared = self._prepare(stream_id, events, expected_version)
         for attempt in range(_APPEND_RETRIES):
             # After a lost race, queue behind the other retriers of this stream
-            # instead of racing them again (see _append_once).
+            # instead of racing them again.
             queue = attempt > 0
             try:
                 if connection is not None:
                     # A savepoint keeps the caller's transaction usable after a failure.
                     with connection.begin_nested():
-                        return self._append_once(connection, prepared, queue=queue)
-                return self._append_in_own_transaction(prepared, queue=queue)
-            except sa.exc.IntegrityError as error:
-                if "uq_events_stream_id_stream_version" not in str(error.orig):
-                    raise InvalidEvent("events", _first_line(error.orig)) from error
+                        rows = self._insert_in(connection, prepared, queue=queue)
+                else:
+                    rows = self._insert_in_own_transaction(prepared, queue=queue)
+            except (sa.exc.DBAPIError, psycopg.Error) as error:
+                driver_error = getattr(error, "orig", None) or error
+                constraint = getattr(getattr(driver_error, "diag", None), "constraint_name", None)
+                if constraint == "uq_events_event_id":
+                    return self._explain_short_insert(connection, prepared)
+                if constraint != "uq_events_stream_id_stream_version":
+                    if isinstance(driver_error, psycopg.DataError | psycopg.IntegrityError):
+                        raise InvalidEvent("events", _first_line(driver_error)) from error
+                    raise
                 # A concurrent append took the next version first: with ANY we
                 # simply go again; otherwise the expectation no longer holds.
                 if prepared.expected is not ANY:
-                    actual = self._version_after_race(connection, prepared.stream_id)
+                    actual = self._current_version(connection, prepared.stream_id)
                     raise WrongExpectedVersion(prepared.stream_id, prepared.expected, actual) from error
-            except sa.exc.DataError as error:
-                raise InvalidEvent("events", _first_line(error.orig)) from error
-        actual = self._version_after_race(connection, prepared.stream_id)
+                continue
+            if len(rows) == len(prepared.event_ids):
+                last_position, last_version = max(rows, key=lambda row: row[1])
+                return AppendResult(prepared.stream_id, last_version, last_position)
+            # No row: the expectation failed, or this is a retried request.
+            return self._explain_short_insert(connection, prepared)
+        actual = self._current_version(connection, prepared.stream_id)
         raise WrongExpectedVersion(prepared.stream_id, f"{ANY} (lost {_APPEND_RETRIES} races)", actual)
 
-    def _append_in_own_transaction(self, prepared: _PreparedAppend, *, queue: bool) -> AppendResult:
+    def _insert_in(self, connection: Connection, prepared: _PreparedAppend, *, queue: bool) -> list[Any]:
+        if queue:
+            # A transaction-scoped lock on the stream, taken in its own statement
+            # so that the insert's snapshot (READ COMMITTED) is taken after the wait.
+            connection.exec_driver_sql(_STREAM_LOCK, {"stream_id": prepared.stream_id})
+        return list(connection.exec_driver_sql(_APPEND, prepared.parameters).all())
+
+    def _insert_in_own_transaction(self, prepared: _PreparedAppend, *, queue: bool) -> list[Any]:
+        """Insert as one autocommit statement on a pooled psycopg connection.
+
+        A single statement is its own transaction in PostgreSQL, so the common
+        case costs one round trip (no BEGIN, no COMMIT) and skips SQLAlchemy's
+        statement machinery: this is the append hot path.
+        """
         for attempt in (1, 2):
+            with translate_driver_errors(self.engine):
+                pooled = self.engine.raw_connection()
             try:
-                with translate_driver_errors(self.engine), self.engine.begin() as connection:
-                    return self._append_once(connection, prepared, queue=queue)
-            except DatabaseUnavailable:
+                driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
+                if queue:
+                    with driver.transaction():
+                        driver.execute(_STREAM_LOCK, {"stream_id": prepared.stream_id})
+                        return driver.execute(_APPEND, prepared.parameters).fetchall()
+                driver.autocommit = True
+                try:
+                    return driver.execute(_APPEND, prepared.parameters).fetchall()
+                finally:
+                    if not driver.closed:
+                        driver.autocommit = False
+            except psycopg.OperationalError as error:
+                pooled.invalidate(error)
                 # A dropped connection is safe to retry once: event ids make
                 # the append idempotent even if the first commit went through.
                 if attempt == 2:
-                    raise
+                    raise DatabaseUnavailable(
+                        f"cannot reach PostgreSQL at {describe_target(self.engine)}: {_first_line(error)}"
+                    ) from error
                 logger.warning("append to %s: connection lost, retrying once", prepared.stream_id)
+            finally:
+                pooled.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _version_after_race(self, connection: Connection | None, stream_id: str) -> int:
+    def _current_version(self, connection: Connection | None, stream_id: str) -> int:
         if connection is not None:
             return int(connection.execute(_STREAM_VERSION, {"stream_id": stream_id}).scalar_one())
         return self.stream_version(stream_id)
 
-    def _append_once(self, connection: Connection, prepared: _PreparedAppend, *, queue: bool) -> AppendResult:
-        if queue:
-            # A transaction-scoped lock on the stream, taken in its own statement
-            # so that the insert's snapshot (READ COMMITTED) is taken after the wait.
-            connection.execute(_STREAM_LOCK, {"stream_id": prepared.stream_id})
-        rows = connection.execute(_APPEND, prepared.parameters).all()
-        if len(rows) == len(prepared.event_ids):
-            last = max(rows, key=lambda row: row.stream_version)
-            return AppendResult(prepared.stream_id, last.stream_version, last.global_position)
-        return self._explain_short_insert(connection, prepared, inserted=len(rows))
-
-    def _explain_short_insert(
-        self, connection: Connection, prepared: _PreparedAppend, *, inserted: int
-    ) -> AppendResult:
-        """Fewer rows than events: a retried request, a reused event id, or a version mismatch."""
+    def _explain_short_insert(self, connection: Connection | None, prepared: _PreparedAppend) -> AppendResult:
+        """Nothing was inserted: a retried request, a reused event id, or a version mismatch."""
+        if connection is None:
+            with translate_driver_errors(self.engine), self.engine.connect() as own:
+                return self._explain_short_insert(own, prepared)
         stored = connection.execute(_STORED_BY_ID, {"event_ids": prepared.event_ids}).all()
+        if len(stored) == len(prepared.event_ids):
+            by_id = {row.event_id: row for row in stored}
+            mismatch = next(
+                (detail for index in range(len(prepared.event_ids))
+                 if (detail := prepared.differs_from(index, by_id[prepared.event_ids[index]]))),
+                None,
+            )  # fmt: skip
+            if mismatch is None:
+                last = by_id[prepared.event_ids[-1]]
+                return AppendResult(prepared.stream_id, last.stream_version, last.global_position, True)
+            raise DuplicateEventId(*mismatch)
         if stored:
-            if inserted == 0 and len(stored) == len(prepared.event_ids):
-                by_id = {row.event_id: row for row in stored}
-                mismatch = next(
-                    (detail for index in range(len(prepared.event_ids))
-                     if (detail := prepared.differs_from(index, by_id[prepared.event_ids[index]]))),
-                    None,
-                )  # fmt: skip
-                if mismatch is None:
-                    last = by_id[prepared.event_ids[-1]]
-                    return AppendResult(prepared.stream_id, last.stream_version, last.global_position, True)
-                raise DuplicateEventId(*mismatch)
             first = stored[0]
             raise DuplicateEventId(
                 first.event_id,
