@@ -1,0 +1,55 @@
+"""Helpers for the runner tests: fast settings, a runner in a background thread, bulk appends."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from eventstore import EventStore, NewEvent, ProjectionRunner
+
+FAST: dict[str, Any] = {
+    "poll_interval": 2.0,
+    "held_back_interval": 0.05,
+    "lock_retry_interval": 0.1,
+    "retry_attempts": 2,
+    "retry_delay": 0.01,
+    "retry_max_delay": 0.02,
+    "reconnect_initial_delay": 0.05,
+    "reconnect_max_delay": 0.5,
+    "liveness_interval": 1.0,
+}
+"""Runner settings that keep the tests quick (poll_interval stays long: wake-ups must do the work)."""
+
+
+@contextlib.contextmanager
+def running(runner: ProjectionRunner) -> Iterator[ProjectionRunner]:
+    """Run ``runner.run()`` in a thread for the duration of the block; stop and join it after."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runner.run()
+        except BaseException as error:  # reported to the test below
+            errors.append(error)
+
+    thread = threading.Thread(target=target, name="test-runner", daemon=True)
+    thread.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        thread.join(15)
+    assert not thread.is_alive(), "runner did not stop within 15 s"
+    assert not errors, errors
+
+
+def append_many(store: EventStore, stream_prefix: str, count: int, *, per_stream: int = 10) -> int:
+    """Append ``count`` events over streams of ``per_stream`` events; returns the last position."""
+    last = 0
+    for start in range(0, count, per_stream):
+        size = min(per_stream, count - start)
+        events = [NewEvent("Tick", {"n": start + i}) for i in range(size)]
+        last = store.append(f"{stream_prefix}-{start // per_stream}", events).global_position
+    return last
