@@ -387,7 +387,8 @@ class EventStore:
             f"SELECT {_COLUMNS} FROM events "  # noqa: S608 - constant fragments only
             "WHERE (transaction_order, global_position) > (CAST(:after_order AS xid8), :after_position) "
             f"AND transaction_order < {_FENCE}{filters} "
-            "ORDER BY transaction_order, global_position LIMIT :batch"
+            # Qualified: a bare name would sort by the ``::text`` output alias of _COLUMNS ('1000' < '999').
+            "ORDER BY events.transaction_order, events.global_position LIMIT :batch"
         )
         order, position = cursor
         while remaining is None or remaining > 0:
