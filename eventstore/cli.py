@@ -9,6 +9,7 @@ Business logic lives in the library (store, runner, admin) and in
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import threading
@@ -402,7 +403,12 @@ def projections_rebuild(
             stop.set()
             status("stopping after the current batch...")
             worker.join()
-            status(f"rebuild of {name} interrupted; its progress is committed: run the same command to resume")
+            position = admin.projection_status(store, [projection])[0].position
+            status(
+                f"rebuild of {name} interrupted at position {position} (committed); continue with "
+                f"`eventstore projections rebuild {name} --from-position {position}` "
+                f"or `eventstore projections run {name}`"
+            )
             raise typer.Exit(130) from None
     if "error" in outcome:
         raise outcome["error"]
@@ -545,9 +551,11 @@ def demo(
     with translate_driver_errors(target.engine):
         apply_schema(target.engine)
     settings = DemoSettings(duration=2.0 if quick else duration, events=events, writers=2 if quick else writers)
-    report = run_demo(state.store(), state.projections(), settings)
+    projections = state.projections()  # reports an import failure in one line
+    verify = getattr(importlib.import_module(state.projections_module), "verify", None)
+    report = run_demo(state.store(), projections, settings, verify=verify)
     if not report.ok:
-        raise CliError(f"verification failed: {'; '.join(report.problems)}")
+        raise CliError(f"the demo found {len(report.problems)} problem(s), listed above (PROBLEM lines)")
 
 
 def main() -> None:

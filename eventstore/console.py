@@ -211,7 +211,7 @@ def progress_reporter(description: str, *, log_every: float = 2.0) -> Iterator[C
     def log(done: int, total: int) -> None:
         nonlocal last_line
         now = time.monotonic()
-        if now - last_line < log_every and done < total:
+        if done and now - last_line < log_every and done < total:
             return
         last_line = now
         elapsed = max(now - started, 1e-6)

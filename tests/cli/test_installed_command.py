@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -89,3 +91,73 @@ def test_usage_error_exits_2() -> None:
     result = run("append", "only-a-stream")
     assert result.returncode == 2
     assert "Missing argument 'TYPE'" in result.stderr
+
+
+@pytest.mark.skipif(not EVENTSTORE.exists(), reason="the console script is not installed in this environment")
+def test_demo_quick_on_the_embedded_default(tmp_path: Path) -> None:
+    """The quick start: no --url, so a private PostgreSQL 18 is created, migrated and left running."""
+    env = {k: v for k, v in os.environ.items() if k != "EVENTSTORE_URL"}
+    env["EVENTSTORE_HOME"] = str(tmp_path / "home")
+    try:
+        demo = subprocess.run(
+            [str(EVENTSTORE), "demo", "--quick"], capture_output=True, text=True, timeout=100, env=env
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "using embedded PostgreSQL 18 at 127.0.0.1:" in demo.stderr
+        assert str(tmp_path / "home" / "pgdata") in demo.stderr
+        assert "OK: every read model agrees with the events" in demo.stdout
+        assert "PROBLEM" not in demo.stdout
+
+        status = subprocess.run([str(EVENTSTORE), "server", "status"], capture_output=True, text=True, env=env)
+        assert status.stdout.startswith("running: PostgreSQL 18")
+
+        # Same data directory, same server: the demo's events are still there.
+        logged = subprocess.run(
+            [str(EVENTSTORE), "log", "--limit", "2", "--json"], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert logged.returncode == 0, logged.stderr
+        first = json.loads(logged.stdout)[0]
+        assert first["type"] == "OrderPlaced" and first["stream_version"] == 1
+    finally:
+        stopped = subprocess.run([str(EVENTSTORE), "server", "stop"], capture_output=True, text=True, env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped the embedded PostgreSQL" in stopped.stdout
+
+
+@pytest.mark.skipif(not EVENTSTORE.exists(), reason="the console script is not installed in this environment")
+def test_ctrl_c_during_rebuild_leaves_it_resumable(database_url: str) -> None:
+    import sqlalchemy as sa
+
+    from eventstore import EventStore, NewEvent
+
+    store = EventStore(database_url)
+    for number in range(8):
+        store.append(f"order-{number}", [NewEvent("OrderPlaced", {}) for _ in range(1000)])
+    env = {
+        **os.environ,
+        "EVENTSTORE_URL": database_url,
+        "EVENTSTORE_PROJECTIONS": "cli_sample_projections",
+        "PYTHONPATH": str(Path(__file__).parent),
+    }
+    with subprocess.Popen(
+        [str(EVENTSTORE), "projections", "rebuild", "cli_stream_counts"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as rebuild:
+        assert rebuild.stderr is not None
+        lines = _lines(rebuild.stderr)
+        _wait_for_line(lines, "rebuilding cli_stream_counts: 0/8000 events")
+        rebuild.send_signal(signal.SIGINT)
+        assert rebuild.wait(timeout=30) == 130
+        line = _wait_for_line(lines, "interrupted at position")
+        assert "continue with `eventstore projections rebuild cli_stream_counts --from-position" in line
+    resumed = subprocess.run(
+        [str(EVENTSTORE), "projections", "run", "--until-caught-up"], capture_output=True, text=True, env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    with store.engine.connect() as connection:
+        counts = connection.execute(sa.text("SELECT count(*), sum(events) FROM cli_stream_counts")).one()
+    store.engine.dispose()
+    assert tuple(counts) == (8, 8000)
