@@ -145,6 +145,7 @@ def _global_options(
         str | None,
         typer.Option(
             "--url",
+            metavar="URL",
             envvar="EVENTSTORE_URL",
             show_envvar=True,
             help="PostgreSQL URL (postgresql://user:pass@host:port/db). Default: the embedded server.",
@@ -153,13 +154,18 @@ def _global_options(
     projections: Annotated[
         str,
         typer.Option(
-            "--projections", envvar="EVENTSTORE_PROJECTIONS", show_envvar=True, help="Module holding the projections."
+            "--projections",
+            metavar="MODULE",
+            envvar="EVENTSTORE_PROJECTIONS",
+            show_envvar=True,
+            help="Module holding the projections.",
         ),
     ] = "projections",
     home: Annotated[
         str | None,
         typer.Option(
             "--home",
+            metavar="DIR",
             envvar="EVENTSTORE_HOME",
             show_envvar=True,
             help="Data directory of the embedded PostgreSQL (default: the per-user data dir).",
@@ -211,19 +217,28 @@ def _expected_version(value: str) -> int | ExpectedVersion:
 @app.command()
 def append(
     ctx: typer.Context,
-    stream: Annotated[str, typer.Argument(help="Stream id, e.g. order-42 (category = text before the first '-').")],
+    stream: Annotated[
+        str, typer.Argument(metavar="STREAM", help="Stream id, e.g. order-42 (category = text before the first '-').")
+    ],
     event_type: Annotated[str, typer.Argument(metavar="TYPE", help="Event type, e.g. OrderPlaced.")],
     data: Annotated[
-        str, typer.Option("--data", "-d", envvar="EVENTSTORE_DATA", help="JSON object, or @FILE (@- for stdin).")
+        str,
+        typer.Option(
+            "--data", "-d", metavar="JSON|@FILE", envvar="EVENTSTORE_DATA", help="JSON object, or @FILE (@- for stdin)."
+        ),
     ] = "{}",
     metadata: Annotated[
-        str | None, typer.Option("--metadata", "-m", envvar="EVENTSTORE_METADATA", help="JSON object, or @FILE.")
+        str | None,
+        typer.Option(
+            "--metadata", "-m", metavar="JSON|@FILE", envvar="EVENTSTORE_METADATA", help="JSON object, or @FILE."
+        ),
     ] = None,
     expected_version: Annotated[
         str,
         typer.Option(
             "--expected-version",
             "-e",
+            metavar="N|any|no-stream|exists",
             envvar="EVENTSTORE_EXPECTED_VERSION",
             help="N (version of the stream's last event, 0 = new), any, no-stream or exists.",
         ),
@@ -253,7 +268,7 @@ def append(
 @app.command()
 def read(
     ctx: typer.Context,
-    stream: Annotated[str, typer.Argument(help="Stream id.")],
+    stream: Annotated[str, typer.Argument(metavar="STREAM", help="Stream id.")],
     from_version: Annotated[int | None, typer.Option("--from-version", min=1, envvar="EVENTSTORE_FROM_VERSION")] = None,
     backwards: Annotated[bool, typer.Option("--backwards", envvar="EVENTSTORE_BACKWARDS")] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=0, envvar="EVENTSTORE_LIMIT")] = None,
@@ -367,7 +382,7 @@ def projections_run(
 @projections_app.command("rebuild")
 def projections_rebuild(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Projection name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Projection name.")],
     from_position: Annotated[
         int | None,
         typer.Option(
@@ -416,7 +431,9 @@ def projections_rebuild(
 
 
 @projections_app.command("reset")
-def projections_reset(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Projection name.")]) -> None:
+def projections_reset(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", help="Projection name.")]
+) -> None:
     """Clear a read model and move its checkpoint back to the start."""
     from eventstore import admin
 
@@ -443,7 +460,9 @@ def projections_failures(
 
 
 @projections_app.command("retry")
-def projections_retry(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Projection name.")]) -> None:
+def projections_retry(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", help="Projection name.")]
+) -> None:
     """Retry a failed projection's poison event (a running worker picks it up)."""
     from eventstore import admin
 
@@ -453,7 +472,9 @@ def projections_retry(ctx: typer.Context, name: Annotated[str, typer.Argument(he
 
 
 @projections_app.command("skip")
-def projections_skip(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Projection name.")]) -> None:
+def projections_skip(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", help="Projection name.")]
+) -> None:
     """Skip a failed projection's poison event and move on."""
     from eventstore import admin
 
@@ -468,7 +489,7 @@ def projections_skip(ctx: typer.Context, name: Annotated[str, typer.Argument(hel
 @streams_app.command("replay")
 def streams_replay(
     ctx: typer.Context,
-    stream: Annotated[str, typer.Argument(help="Stream id.")],
+    stream: Annotated[str, typer.Argument(metavar="STREAM", help="Stream id.")],
     projection: Annotated[
         str | None,
         typer.Option(

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 import typer
 
-from eventstore.errors import EventStoreError
+from eventstore.errors import DatabaseUnavailable, EventStoreError
 from eventstore.types import RecordedEvent
 
 __all__ = [
@@ -57,6 +57,8 @@ def status(message: str) -> None:
 
 def describe_error(error: BaseException) -> str | None:
     """The one-line message for an error the CLI knows, or None for a bug (shown with its traceback)."""
+    if isinstance(error, DatabaseUnavailable):
+        return _one_line(str(error)) + " (is the server running, and is --url / EVENTSTORE_URL right?)"
     if isinstance(error, CliError | EventStoreError):
         return _one_line(str(error))
     if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError):
