@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from eventstore import EventStore, NewEvent, ProjectionRunner
@@ -53,3 +54,15 @@ def append_many(store: EventStore, stream_prefix: str, count: int, *, per_stream
         events = [NewEvent("Tick", {"n": start + i}) for i in range(size)]
         last = store.append(f"{stream_prefix}-{start // per_stream}", events).global_position
     return last
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy (returned); AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.02)
