@@ -33,7 +33,7 @@ def create_engine(url_or_engine: str | Engine, **options: Any) -> Engine:
         raise ConfigurationError(f"expected a database URL or a SQLAlchemy Engine, got {type(url_or_engine).__name__}")
     try:
         return sa.create_engine(normalise_url(url_or_engine), **options)
-    except sa.exc.ArgumentError as error:
+    except (sa.exc.ArgumentError, ValueError) as error:  # ValueError: e.g. a port that is not a number
         raise ConfigurationError(f"invalid database URL {mask_url(url_or_engine)!r}: {error}") from error
 
 
@@ -48,7 +48,7 @@ def mask_url(url: str | Engine | sa.URL) -> str:
         url = url.url
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):
         return "<unparseable URL>"
     return parsed.render_as_string(hide_password=True)
 
