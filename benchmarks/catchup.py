@@ -134,7 +134,7 @@ def measure_catchup(server: BenchServer, results: Results, plan: Plan) -> None:
         results.notes.append("catch-up: eventstore.ProjectionRunner is not in this tree yet; eventstore rows skipped")
         jobs = {name: job for name, job in jobs.items() if job["kind"] != "projection"}
     names = list(jobs)
-    for round_number in range(plan.repeats):
+    for round_number in range(plan.catchup_repeats):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
             if jobs[name]["kind"] == "projection":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return arguments
 
 
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min)"
+
+
 def main(argv: list[str] | None = None) -> None:
     arguments = _parse(argv)
     logging.basicConfig(
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with bench_server() as server:
         results = Results(mode=plan.mode, machine=machine_description(server.settings()))
+        results.notes.append(f"load average at the start {_load()} (other work on the machine shows here)")
         pool = None
         try:
             if "append" in arguments.only or "latency" in arguments.only:
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if pool is not None:
                 pool.close()
-    results.notes.append(f"total run time {time.monotonic() - began:.0f} s")
+    results.notes.append(f"total run time {time.monotonic() - began:.0f} s; load average at the end {_load()}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     md_path, json_path = results.write(arguments.out, stamp=stamp)
     print(results.markdown())

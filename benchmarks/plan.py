@@ -1,4 +1,4 @@
-"""How much work each measurement does; ``--quick`` shrinks it to a smoke run."""
+"""How much work each measurement does; ``--quick`` shrinks it to a smoke run of about a minute."""
 
 from __future__ import annotations
 
@@ -9,28 +9,41 @@ __all__ = ["FULL", "QUICK", "Plan"]
 
 @dataclass(frozen=True)
 class Plan:
-    """How much work each measurement does; ``--quick`` shrinks it to a smoke run."""
+    """Sizes and repetitions. Every repetition runs all contenders of a measurement, in rotating order."""
 
     mode: str
     repeats: int
+    """Rounds of the append measurement."""
     append_seconds: float
     writer_counts: tuple[int, ...] = (1, 4, 8)
     batch_sizes: tuple[int, ...] = (1, 10)
     latency_events: int = 2000
+    latency_repeats: int = 2
     catchup_events: int = 1_000_000
-    eventsourcing_catchup_events: int = 100_000
-    rebuild_events: int = 1_000_000
+    catchup_repeats: int = 2
+    eventsourcing_catchup_events: int = 50_000
+    rebuild_events: int = 100_000
+    """Not 1,000,000: the demo projections rebuild at 1-5k events/s here, see docs/performance.md."""
     rebuild_repeats: int = 1
 
 
-FULL = Plan(mode="full", repeats=3, append_seconds=3.0)
+FULL = Plan(
+    mode="full",
+    repeats=3,
+    append_seconds=2.0,
+    latency_repeats=1,
+    catchup_repeats=1,
+    eventsourcing_catchup_events=20_000,
+)
 QUICK = Plan(
     mode="quick",
     repeats=2,
-    append_seconds=0.3,
+    append_seconds=0.25,
     latency_events=200,
+    latency_repeats=1,
     catchup_events=20_000,
-    eventsourcing_catchup_events=3_000,
-    rebuild_events=20_000,
+    catchup_repeats=2,
+    eventsourcing_catchup_events=2_000,
+    rebuild_events=5_000,
     rebuild_repeats=1,
 )

@@ -50,7 +50,7 @@ class BenchServer:
         self._create(name, _TEMPLATE if migrated else "template0")
         return name
 
-    def execute(self, database: str, statement: str | sql.Composable) -> None:
+    def execute(self, database: str, statement: str | sql.Composed) -> None:
         """Run one statement in autocommit mode."""
         with psycopg.connect(self.libpq_url(database), autocommit=True) as connection:
             connection.execute(statement)

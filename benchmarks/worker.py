@@ -21,8 +21,9 @@ def _raw_read(job: dict[str, Any]) -> int:
     import psycopg
 
     query = (
-        "SELECT global_position, transaction_order::text, event_id, stream_id, stream_version, event_type, "
-        "data, metadata, recorded_at FROM events "
+        # The cursor's order key travels as text; ORDER BY must name the xid8 column, not that text.
+        "SELECT global_position, transaction_order::text AS order_text, event_id, stream_id, stream_version, "
+        "event_type, data, metadata, recorded_at FROM events "
         "WHERE (transaction_order, global_position) > (%s::xid8, %s) "
         "AND transaction_order < pg_snapshot_xmin(pg_current_snapshot()) "
         "ORDER BY transaction_order, global_position LIMIT %s"
@@ -45,7 +46,7 @@ def _projection(job: dict[str, Any]) -> int:
 
     projection = {"count": CountProjection, "rows": RowPerEventProjection}[job["projection"]]()
     store = EventStore(job["url"])
-    ProjectionRunner(store, [projection]).run_until_caught_up()
+    ProjectionRunner(store, [projection], **job.get("settings", {})).run_until_caught_up()
     table = {"count": "SELECT n FROM bench_count", "rows": "SELECT count(*) FROM bench_rows"}[job["projection"]]
     import sqlalchemy as sa
 
@@ -70,15 +71,12 @@ def _eventsourcing(job: dict[str, Any]) -> int:
 
 
 def _rebuild(job: dict[str, Any]) -> int:
-    """eventstore.admin.rebuild of every demo projection (projections.ALL), one after the other."""
+    """eventstore.admin.rebuild of one demo projection (from projections.ALL, by name)."""
     import projections
     from eventstore import EventStore, admin
 
-    store = EventStore(job["url"])
-    processed = 0
-    for projection in projections.ALL:
-        processed += admin.rebuild(store, projection)
-    return processed
+    (projection,) = [candidate for candidate in projections.ALL if candidate.name == job["projection"]]
+    return admin.rebuild(EventStore(job["url"]), projection)
 
 
 _JOBS = {"raw_read": _raw_read, "projection": _projection, "eventsourcing": _eventsourcing, "rebuild": _rebuild}

@@ -120,7 +120,7 @@ class _Writer:
 
             save_order(client, events, PAYLOAD)
 
-    def run(self, contender: str, events: int, start: float, duration: float) -> int:
+    def run(self, contender: str, events: int, start: float, duration: float, stop: Any = None) -> int:
         for _ in range(3):  # warm-up: connect, prepare statements
             self.append(contender, events)
         while time.time() < start:
@@ -129,19 +129,19 @@ class _Writer:
         appends = 0
         while True:
             self.append(contender, events)
-            if time.time() > end:
+            if time.time() > end or (stop is not None and stop.is_set()):
                 return appends
             appends += 1
 
 
-def _writer_main(connection: multiprocessing.connection.Connection, targets: Targets, index: int) -> None:
+def _writer_main(connection: multiprocessing.connection.Connection, targets: Targets, index: int, stop: Any) -> None:
     writer = _Writer(targets, index)
     while True:
         command = connection.recv()
         if command is None:
             return
         try:
-            connection.send(("ok", writer.run(**command)))
+            connection.send(("ok", writer.run(**command, stop=stop)))
         except Exception as error:  # report to the parent instead of dying silently
             connection.send(("error", f"{type(error).__name__}: {error}"))
 
@@ -151,11 +151,13 @@ class WriterPool:
 
     def __init__(self, targets: Targets, size: int) -> None:
         context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._busy = 0
         self._pipes: list[multiprocessing.connection.Connection] = []
         self._processes: list[multiprocessing.process.BaseProcess] = []
         for index in range(size):
             parent_end, child_end = context.Pipe()
-            process = context.Process(target=_writer_main, args=(child_end, targets, index), daemon=True)
+            process = context.Process(target=_writer_main, args=(child_end, targets, index, self._stop), daemon=True)
             process.start()
             self._pipes.append(parent_end)
             self._processes.append(process)
@@ -164,14 +166,19 @@ class WriterPool:
         """Start ``writers`` writers; returns the window's start time (collect with :meth:`collect`)."""
         if writers > len(self._pipes):
             raise ValueError(f"{writers} writers requested; the pool has {len(self._pipes)}")
+        self._stop.clear()
         start = time.time() + delay
         for pipe in self._pipes[:writers]:
             pipe.send({"contender": contender, "events": events, "start": start, "duration": duration})
         self._busy = writers
         return start
 
+    def stop(self) -> None:
+        """Ask the running writers to finish their current append and report now."""
+        self._stop.set()
+
     def collect(self) -> list[int]:
-        """Appends committed by each writer started by the last :meth:`start`."""
+        """Appends committed by each writer started by the last :meth:`start` (within its window)."""
         results = []
         for pipe in self._pipes[: self._busy]:
             status, value = pipe.recv()
