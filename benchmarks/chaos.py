@@ -330,8 +330,14 @@ class _Processes:
         env = {**os.environ, "EVENTSTORE_CHAOS_URL": self.url, "PYTHONPATH": str(ROOT)}
         self._count += 1
         log = (self.workdir / f"{name}-{self._count}.log").open("wb")
+        # A SIGTERM that arrives before ProjectionRunner.run() installs its handler
+        # (while the interpreter imports) must still mean "stop cleanly", exit 0.
+        bootstrap = (
+            "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+            "from benchmarks.chaos import main; sys.exit(main(sys.argv[1:]))"
+        )
         process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.chaos", *arguments], cwd=ROOT, env=env, stdout=log, stderr=log
+            [sys.executable, "-c", bootstrap, *arguments], cwd=ROOT, env=env, stdout=log, stderr=log
         )
         log.close()
         self.logs[process.pid] = self.workdir / f"{name}-{self._count}.log"
@@ -422,6 +428,8 @@ def _fault_loop(
                     processes.expected_exit[victim.pid] = -signal.SIGKILL
                     victim.kill()
                     figures.faults[kind] += 1
+                else:
+                    figures.faults["no_active_runner_to_kill"] += 1
             elif kind == "terminate_listeners":
                 figures.faults[kind] += 1
                 figures.faults["listener_backends_terminated"] += _terminate_listeners(engine)
@@ -433,7 +441,7 @@ def _fault_loop(
                     for process in processes.runners
                     if process.poll() is None
                     and process.pid not in processes.expected_exit
-                    and time.monotonic() - processes.started[process.pid] > 6
+                    and time.monotonic() - processes.started[process.pid] > 1
                 ]
                 if alive:
                     victim = rng.choice(alive)
@@ -624,6 +632,8 @@ def run_soak(url: str, settings: SoakSettings, *, restart: Callable[[], None] | 
             processes.reap_runners(figures)
             _wait_for_catch_up(url, figures, settings.catch_up_timeout)
             for process in processes.runners:
+                # Let a just-started interpreter reach its SIGTERM handler first.
+                time.sleep(max(0.0, processes.started[process.pid] + 1.0 - time.monotonic()))
                 if process.pid not in processes.expected_exit:  # never a second signal: that aborts
                     processes.expected_exit[process.pid] = 0
                     process.send_signal(signal.SIGTERM)
