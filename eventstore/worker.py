@@ -50,7 +50,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from eventstore import checkpoints
 from eventstore.checkpoints import Checkpoint, Cursor
-from eventstore.errors import DatabaseUnavailable, ProjectionError
+from eventstore.errors import ConfigurationError, DatabaseUnavailable, ProjectionError
 from eventstore.listener import KEEPALIVE_OPTIONS
 from eventstore.projection import Projection
 from eventstore.store import EventStore
@@ -167,12 +167,12 @@ class RunnerSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ProjectionError(f"batch_size={self.batch_size}; it must be at least 1")
+            raise ConfigurationError(f"batch_size={self.batch_size}; it must be at least 1")
         if self.retry_attempts < 1:
-            raise ProjectionError(f"retry_attempts={self.retry_attempts}; it must be at least 1")
+            raise ConfigurationError(f"retry_attempts={self.retry_attempts}; it must be at least 1")
         for field in ("poll_interval", "held_back_interval", "lock_retry_interval", "reconnect_max_delay"):
             if getattr(self, field) <= 0:
-                raise ProjectionError(f"{field}={getattr(self, field)}; it must be a positive number of seconds")
+                raise ConfigurationError(f"{field}={getattr(self, field)}; it must be a positive number of seconds")
 
 
 @dataclass(slots=True)
