@@ -76,3 +76,23 @@ def test_cli_passes_injection_as_data(database_url: str, engine: Engine) -> None
     assert shown.exit_code == 0, shown.output
     assert payload in shown.stdout
     assert _schema_intact(engine) == {"tables": 3, "triggers": 3, "events": 1}
+
+
+@pytest.mark.parametrize("payload", PAYLOADS[:4])
+def test_projection_names_are_data(store: EventStore, payload: str) -> None:
+    import projections
+    from eventstore import ProjectionRunner
+    from eventstore.admin import projection_status
+
+    store.append("order-1", [NewEvent("Anything", {})])
+    ledger = projections.Ledger(name=payload)
+    assert ProjectionRunner(store, [ledger]).run_until_caught_up(timeout=30) == 1
+    (status,) = projection_status(store, [ledger])
+    assert (status.name, status.position) == (payload, store.head_position())
+    with store.engine.connect() as connection:
+        names = connection.execute(sa.text("SELECT projection_name FROM projection_checkpoints")).scalars().all()
+        ledger_rows = connection.execute(
+            sa.text("SELECT count(*) FROM projection_ledger WHERE projection_name = :name"), {"name": payload}
+        ).scalar_one()
+    assert names == [payload] and ledger_rows == 1
+    assert _schema_intact(store.engine) == {"tables": 3, "triggers": 3, "events": 1}
