@@ -9,6 +9,7 @@ Business logic lives in the library (store, runner, admin) and in
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -311,13 +312,26 @@ def tail(
     as_json: JsonOption = False,
 ) -> None:
     """Print events live as their transactions commit, until Ctrl-C (starts at the current head)."""
+    store = _state(ctx).store()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail normally ends
+        _print_followed(store, category, event_type, count, as_json)
+
+
+def _print_followed(
+    store: EventStore, category: list[str] | None, event_type: list[str] | None, count: int | None, as_json: bool
+) -> None:
     import json
 
     from eventstore.tailing import follow
 
-    store = _state(ctx).store()
-    for event in follow(store, categories=category or None, event_types=event_type or None, limit=count,
-                        ready=lambda head: status(f"tailing after position {head}; Ctrl-C to stop")):  # fmt: skip
+    events = follow(
+        store,
+        categories=category or None,
+        event_types=event_type or None,
+        limit=count,
+        ready=lambda head: status(f"tailing after position {head}; Ctrl-C to stop"),
+    )
+    for event in events:
         typer.echo(json.dumps(event_record(event), ensure_ascii=False) if as_json else event_line(event))
 
 

@@ -148,15 +148,23 @@ def emit_json(value: Any) -> None:
 
 def print_events(events: Iterable[RecordedEvent], *, as_json: bool) -> int:
     """Events on stdout (lines, or one JSON array); returns how many."""
-    if as_json:
-        records = [event_record(event) for event in events]
-        emit_json(records)
-        return len(records)
     count = 0
+    if as_json:
+        # Streamed item by item, so `log --json` over millions of events stays in bounded memory.
+        for event in events:
+            item = json.dumps(event_record(event), ensure_ascii=False, default=str, indent=2)
+            typer.echo(("[\n" if count == 0 else ",\n") + _indent(item), nl=False)
+            count += 1
+        typer.echo("\n]" if count else "[]")
+        return count
     for event in events:
         typer.echo(event_line(event))
         count += 1
     return count
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, as_json: bool) -> None:

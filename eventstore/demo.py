@@ -195,6 +195,10 @@ def run_demo(
                     _wait_caught_up(runner, projection.name, report.head, catch_up_deadline, view, runner_errors)
                 if runner_errors or (not store.held_back() and store.head_position() == report.head):
                     break
+                if time.monotonic() >= catch_up_deadline:
+                    _status(f"events are still held back by an open transaction; checking up to position {report.head}")
+                    break
+                stop_writing.wait(0.05)  # already set: a short pause before looking at the head again
             view.refresh(phase="caught up")
     finally:
         stop_writing.set()
