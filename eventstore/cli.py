@@ -115,7 +115,7 @@ app.add_typer(projections_app, name="projections")
 app.add_typer(streams_app, name="streams")
 app.add_typer(server_app, name="server")
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+JsonOption = Annotated[bool, typer.Option("--json", envvar="EVENTSTORE_JSON", help="Print JSON instead of text.")]
 
 
 class _EchoHandler(logging.Handler):

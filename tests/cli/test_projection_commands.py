@@ -188,5 +188,6 @@ def test_rebuild_refuses_while_a_runner_holds_the_lock(pcli: Invoke, running_run
     result = pcli("projections", "rebuild", "cli_stream_counts")
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("Error: ") and "cli_stream_counts" in lines[-1]
+    assert lines[-1].startswith("Error: projection 'cli_stream_counts' is locked by another runner (held by ")
+    assert lines[-1].endswith("stop that runner or wait for it, then try again")
     assert "Traceback" not in result.output
