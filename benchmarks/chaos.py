@@ -392,6 +392,18 @@ def _active_runner(
     return None
 
 
+def _wait_for_runners(engine: sa.Engine, projections: int, *, timeout: float) -> None:
+    """Wait until every projection is owned by a running runner (the fault loop needs a target)."""
+    deadline = time.monotonic() + timeout
+    query = sa.text("SELECT count(*) FROM projection_checkpoints WHERE state = 'running' AND owner IS NOT NULL")
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            if connection.execute(query).scalar_one() >= projections:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"the runners did not take their {projections} projections within {timeout} s")
+
+
 def _terminate_listeners(engine: sa.Engine) -> int:
     with engine.connect() as connection:
         terminated = connection.execute(
@@ -423,7 +435,14 @@ def _fault_loop(
                 continue
             kind = rng.choices(["kill_active_runner", "terminate_listeners", "sigterm_runner"], weights=[6, 2, 2])[0]
             if kind == "kill_active_runner":
-                victim = _active_runner(engine, processes.runners, processes.expected_exit)
+                # Right after a takeover no live runner may own a lock yet: give one a moment.
+                victim = None
+                patience = time.monotonic() + 3.0
+                while victim is None and time.monotonic() < patience:
+                    processes.reap_runners(figures)
+                    victim = _active_runner(engine, processes.runners, processes.expected_exit)
+                    if victim is None:
+                        time.sleep(0.1)
                 if victim is not None:
                     processes.expected_exit[victim.pid] = -signal.SIGKILL
                     victim.kill()
@@ -620,6 +639,7 @@ def run_soak(url: str, settings: SoakSettings, *, restart: Callable[[], None] | 
         try:
             for _ in range(settings.runners):
                 processes.start_runner()
+            _wait_for_runners(engine, len(domain_projections()) + 1, timeout=90)
             for writer in range(settings.writers):
                 processes.start_writer(writer, settings.seconds, settings.seed, settings.hold_max)
             _fault_loop(processes, engine, figures, seconds=settings.seconds, restart=restart, rng=rng,
