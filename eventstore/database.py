@@ -10,7 +10,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from eventstore.errors import ConfigurationError, DatabaseUnavailable, SchemaNotReady
+from eventstore.errors import ConfigurationError, DatabaseUnavailable, PermissionDenied, SchemaNotReady
 
 __all__ = ["create_engine", "libpq_url", "mask_url", "translate_driver_errors"]
 
@@ -69,6 +69,10 @@ def translate_driver_errors(engine: Engine) -> Iterator[None]:
     try:
         yield
     except sa.exc.ProgrammingError as error:
+        if isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
+            raise PermissionDenied(
+                f"{_first_line(error.orig)} (as {engine.url.username or 'the default role'})"
+            ) from error
         if isinstance(error.orig, psycopg.errors.UndefinedTable):
             raise SchemaNotReady(
                 f"{_first_line(error.orig)} in {describe_target(engine)}; run `eventstore migrate` "
@@ -90,3 +94,12 @@ def translate_driver_errors(engine: Engine) -> Iterator[None]:
 def _first_line(error: BaseException | None) -> str:
     text = str(error or "").strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def translate_permissions(engine: Engine) -> Iterator[None]:
+    """Turn a raw psycopg "permission denied" into :class:`PermissionDenied`."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as error:
+        raise PermissionDenied(f"{_first_line(error)} (as {engine.url.username or 'the default role'})") from error

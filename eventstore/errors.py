@@ -14,6 +14,7 @@ __all__ = [
     "DuplicateEventId",
     "EventStoreError",
     "InvalidEvent",
+    "PermissionDenied",
     "ProjectionBusy",
     "ProjectionError",
     "ProjectionNotFound",
@@ -92,6 +93,10 @@ class UnknownPosition(EventStoreError, LookupError):
             f"after={position}: no stored event has global_position {position}; "
             "pass the global_position of an event you read (or 0 / None for the start)"
         )
+
+
+class PermissionDenied(EventStoreError):
+    """The database role may not do this; see docs/reliability.md for the roles."""
 
 
 class ProjectionError(EventStoreError):

@@ -54,7 +54,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from eventstore.database import create_engine, describe_target, translate_driver_errors
+from eventstore.database import create_engine, describe_target, translate_driver_errors, translate_permissions
 from eventstore.errors import (
     DatabaseUnavailable,
     DuplicateEventId,
@@ -202,7 +202,8 @@ class EventStore:
                     with connection.begin_nested():
                         rows = self._insert_in(connection, prepared, queue=queue)
                 else:
-                    rows = self._insert_in_own_transaction(prepared, queue=queue)
+                    with translate_permissions(self.engine):
+                        rows = self._insert_in_own_transaction(prepared, queue=queue)
             except (sa.exc.DBAPIError, psycopg.Error) as error:
                 driver_error = getattr(error, "orig", None) or error
                 constraint = getattr(getattr(driver_error, "diag", None), "constraint_name", None)

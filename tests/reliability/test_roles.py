@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from eventstore import EventStore, NewEvent
-from eventstore.errors import ConfigurationError
+from eventstore.errors import ConfigurationError, PermissionDenied
 from eventstore.roles import RoleNames, create_roles, drop_roles, render_roles_sql, role_names
 
 
@@ -204,12 +204,10 @@ def test_reader_reads_events_only(database_url: str, users: Users) -> None:
     try:
         assert [event.global_position for event in reader.read_all()] == [position]
         assert reader.read_stream("order-1")[0].data == {"total": 10}
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(PermissionDenied) as caught:
             reader.append("order-1", [NewEvent("OrderPaid", {"amount": 10})])
-        # Not (yet) wrapped in an EventStoreError: the driver's InsufficientPrivilege, raw or inside SQLAlchemy's.
-        driver_error = getattr(caught.value, "orig", caught.value)
-        assert isinstance(driver_error, psycopg.errors.InsufficientPrivilege), caught.value
-        assert "permission denied for table events" in str(driver_error)
+        assert isinstance(caught.value.__cause__, psycopg.errors.InsufficientPrivilege)
+        assert "permission denied for table events" in str(caught.value)
     finally:
         reader.engine.dispose()
     assert "permission denied for table projection_checkpoints" in _refused(
