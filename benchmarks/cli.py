@@ -24,7 +24,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(MEASUREMENTS),
         help=f"comma-separated subset of {','.join(MEASUREMENTS)} (default: all)",
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="output directory (default: benchmarks/results/, git-ignored)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every sample")
     arguments = parser.parse_args(argv)
     chosen = [name.strip() for name in arguments.only.split(",") if name.strip()]

@@ -62,8 +62,40 @@ class Results:
             return None
         return mine / theirs
 
+    def paired_ratios(self, section: str, case: str, contender: str, baseline: str) -> list[float]:
+        """Round-by-round ratios (sample i over the baseline's sample i, measured next to each other in time).
+
+        Less sensitive than the ratio of medians to load that drifts during a run.
+        """
+        mine, theirs = self._rows.get((section, case, contender)), self._rows.get((section, case, baseline))
+        if not mine or not theirs or len(mine.samples) != len(theirs.samples):
+            return []
+        return [a / b for a, b in zip(mine.samples, theirs.samples, strict=True) if b]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Results:
+        """Rebuild the results of an earlier run from its JSON file (to re-render the table)."""
+        results = cls(mode=data["mode"], machine=data["machine"])
+        results.notes = list(data.get("notes", []))
+        for row in data["rows"]:
+            results._rows[(row["section"], row["case"], row["contender"])] = _Row(
+                row["section"],
+                row["case"],
+                row["contender"],
+                row["unit"],
+                samples=list(row["samples"]),
+                compare_to=tuple(row.get("ratios", {})),
+                extra={name: list(values) for name, values in row.get("extra", {}).items()},
+            )
+        return results
+
     def markdown(self) -> str:
-        lines = [f"Mode: {self.mode}. Medians of the interleaved repetitions (min-max in brackets).", ""]
+        lines = [
+            f"Mode: {self.mode}. Medians of the interleaved repetitions (min-max in brackets). Ratios are "
+            "ratios of medians; 'paired' gives the range of the round-by-round ratios (each pair measured "
+            "back to back).",
+            "",
+        ]
         sections: dict[str, list[_Row]] = {}
         for row in self._rows.values():
             sections.setdefault(row.section, []).append(row)
@@ -75,7 +107,9 @@ class Results:
                 for baseline in row.compare_to:
                     value = self.ratio(row.section, row.case, row.contender, baseline)
                     if value is not None:
-                        ratios.append(f"{value:.2f}x {baseline}")
+                        paired = self.paired_ratios(row.section, row.case, row.contender, baseline)
+                        spread = f" (paired {min(paired):.2f}-{max(paired):.2f})" if len(paired) > 1 else ""
+                        ratios.append(f"{value:.2f}x {baseline}{spread}")
                 other = "; ".join(f"{name} {_number(statistics.median(values))}" for name, values in row.extra.items())
                 lines.append(
                     f"| {row.case} | {row.contender} | {_number(statistics.median(row.samples))} "
@@ -103,6 +137,10 @@ class Results:
                     "extra": row.extra,
                     "ratios": {
                         baseline: self.ratio(row.section, row.case, row.contender, baseline)
+                        for baseline in row.compare_to
+                    },
+                    "paired_ratios": {
+                        baseline: self.paired_ratios(row.section, row.case, row.contender, baseline)
                         for baseline in row.compare_to
                     },
                 }
@@ -153,3 +191,9 @@ def machine_description(settings: dict[str, str]) -> dict[str, Any]:
         "python": platform.python_version(),
         "postgresql": settings,
     }
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(Results.from_json(json.loads(Path(sys.argv[1]).read_text())).markdown())
