@@ -93,3 +93,14 @@ def test_cli_read_arguments(database_url: str, command: str, option: str, value:
 
 
 _streams = itertools.count(1)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(command=st.sampled_from(["reset", "retry", "skip", "failures"]), name=ARG)
+@example(command="reset", name="x'); DROP TABLE events; --")
+def test_cli_projection_names(database_url: str, command: str, name: str) -> None:
+    result = CliRunner().invoke(app, ["--url", database_url, "projections", command, "--", name])
+    _check_outcome(result)
+    if command != "failures":  # no projection has such a name: a one-line error
+        assert result.exit_code in (1, 2), result.output
+    assert _count(database_url) == 0
