@@ -224,6 +224,11 @@ class ProjectionSession:
         self.on_batch = on_batch
         self.on_commit = on_commit
         self._filtered = bool(projection.categories or projection.event_types)
+        # The checkpoint as this session last committed or read it. While the
+        # lock is held only an operator's skip/retry (of a failed projection)
+        # moves it, and every batch re-checks it under the row lock (_Stale),
+        # so the hot path needs no extra read per wake-up.
+        self._cursor: Cursor | None = None
 
     @classmethod
     def acquire(
@@ -322,6 +327,7 @@ class ProjectionSession:
                 self._catch_up_from_checkpoint(result, progress)
                 return result
             except _Stale:
+                self._cursor = None
                 logger.info(
                     "projection %s: checkpoint moved by someone else; re-reading it",
                     self.name,
@@ -330,11 +336,13 @@ class ProjectionSession:
         return result
 
     def _catch_up_from_checkpoint(self, result: CatchUpResult, progress: Callable[[int], None] | None) -> None:
-        current = self.load()
-        if current.failed:
-            result.failed = True
-            return
-        cursor = current.cursor
+        cursor = self._cursor
+        if cursor is None:
+            current = self.load()
+            if current.failed:
+                result.failed = True
+                return
+            cursor = current.cursor
         # With filters, a short read proves every matching event up to the head
         # was seen, so the checkpoint may jump there (see _advance_to_head).
         head = self._head_cursor() if self._filtered else None
@@ -444,7 +452,9 @@ class ProjectionSession:
             )
             if skip:
                 checkpoints.advance(self.connection, self.name, _cursor_of(event))
+                self._cursor = _cursor_of(event)
             else:
+                self._cursor = None
                 checkpoints.mark_failed(self.connection, self.name, event.global_position, description, short_traceback)
         extra = {
             "projection_name": self.name,
@@ -481,6 +491,7 @@ class ProjectionSession:
                     raise _HandlerFailed(index, error) from error
             if not checkpoints.advance(connection, self.name, new_cursor):
                 raise _Stale
+        self._cursor = new_cursor
         if self.on_commit is not None:
             self.on_commit(self.name, new_cursor)
         if events and self.on_batch is not None:
