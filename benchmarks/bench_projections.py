@@ -1,4 +1,4 @@
-"""The projections the catch-up measurement runs: one counts in one row, one writes a row per event."""
+"""The projections the catch-up measurement runs: a no-op, one counting in one row, one writing a row per event."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ from sqlalchemy.engine import Connection
 
 from eventstore import Projection, RecordedEvent, handles
 
-__all__ = ["CountProjection", "RowPerEventProjection"]
+__all__ = ["CountProjection", "NoopProjection", "RowPerEventProjection"]
+
+
+class NoopProjection(Projection):
+    """(0) A handler that does nothing: the runner's own ceiling (read, decode, dispatch, checkpoint per batch)."""
+
+    name = "bench_noop"
+    categories = ("bench",)
+
+    @handles("BenchEvent")
+    def ignored(self, event: RecordedEvent, conn: Connection) -> None:
+        return None
 
 
 class CountProjection(Projection):

@@ -122,6 +122,7 @@ def measure_catchup(server: BenchServer, results: Results, plan: Plan) -> None:
             "libpq_url": server.libpq_url(_DATABASE),
             "batch": _READ_BATCH,
         },
+        "eventstore (0) no-op handler": {"kind": "projection", "url": server.url(_DATABASE), "projection": "noop"},
         "eventstore (a) count in one row": {"kind": "projection", "url": server.url(_DATABASE), "projection": "count"},
         "eventstore (b) row per event": {"kind": "projection", "url": server.url(_DATABASE), "projection": "rows"},
         "eventsourcing library (count in one row)": {

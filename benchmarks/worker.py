@@ -41,12 +41,20 @@ def _raw_read(job: dict[str, Any]) -> int:
 
 def _projection(job: dict[str, Any]) -> int:
     """eventstore's ProjectionRunner, run until caught up with the head."""
-    from benchmarks.bench_projections import CountProjection, RowPerEventProjection
+    from benchmarks.bench_projections import CountProjection, NoopProjection, RowPerEventProjection
     from eventstore import EventStore, ProjectionRunner
 
-    projection = {"count": CountProjection, "rows": RowPerEventProjection}[job["projection"]]()
+    kinds = {"noop": NoopProjection, "count": CountProjection, "rows": RowPerEventProjection}
+    projection = kinds[job["projection"]]()
     store = EventStore(job["url"])
-    ProjectionRunner(store, [projection], **job.get("settings", {})).run_until_caught_up()
+    delivered = [0]
+
+    def count_batch(name: str, events: list[Any]) -> None:
+        delivered[0] += len(events)
+
+    ProjectionRunner(store, [projection], on_batch=count_batch, **job.get("settings", {})).run_until_caught_up()
+    if job["projection"] == "noop":
+        return delivered[0]
     table = {"count": "SELECT n FROM bench_count", "rows": "SELECT count(*) FROM bench_rows"}[job["projection"]]
     import sqlalchemy as sa
 

@@ -28,7 +28,7 @@ def test_quick_run_writes_the_markdown_table_and_the_raw_json(tmp_path: Path) ->
     markdown = (tmp_path / "latest.md").read_text()
     assert "| case | contender | median (min-max) | ratio of medians | other |" in markdown
     assert "x raw" in markdown  # eventstore's append rows carry their ratio to the raw inserts
-    assert markdown == completed.stdout.rstrip("\n")
+    assert markdown.rstrip("\n") == completed.stdout.rstrip("\n")
 
     results = json.loads((tmp_path / "latest.json").read_text())
     assert results["mode"] == "quick"
