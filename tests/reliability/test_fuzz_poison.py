@@ -22,15 +22,17 @@ import projections
 from eventstore import EventStore, NewEvent, Projection, ProjectionRunner
 from eventstore.admin import list_failures, projection_status
 
+# Storable text only (the store rejects NUL and lone surrogates before writing; see test_fuzz_store).
+TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=12)
 FIELD_VALUES = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
+    TEXT,
     st.sampled_from(["2026-11-25T10:00:00+00:00", "not a date", "9999-12-31T23:59:59+00:00", "2026-02-30"]),
     st.lists(st.integers(), max_size=2),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.dictionaries(TEXT, st.integers(), max_size=2),
 )
 KEYS = ["order_id", "customer_id", "total", "placed_at", "amount", "carrier", "reason"]
 FUZZED_DATA = st.dictionaries(st.sampled_from(KEYS), FIELD_VALUES, max_size=6)
