@@ -32,6 +32,7 @@ __all__ = [
     "Checkpoint",
     "ProjectionFailure",
     "advance",
+    "advance_from",
     "clear_failure",
     "ensure",
     "load",
@@ -68,6 +69,17 @@ _ADVANCE = sa.text(
     UPDATE projection_checkpoints
     SET transaction_order = CAST(:order AS xid8), global_position = :position, updated_at = now()
     WHERE projection_name = :name
+      AND (transaction_order, global_position) < (CAST(:order AS xid8), :position)
+    RETURNING global_position
+    """
+)
+# Take the row lock and move the checkpoint in one statement, at the start of a batch.
+_ADVANCE_FROM = sa.text(
+    """
+    UPDATE projection_checkpoints
+    SET transaction_order = CAST(:order AS xid8), global_position = :position, updated_at = now()
+    WHERE projection_name = :name AND state <> 'failed'
+      AND (transaction_order, global_position) = (CAST(:expected_order AS xid8), :expected_position)
       AND (transaction_order, global_position) < (CAST(:order AS xid8), :position)
     RETURNING global_position
     """
@@ -184,6 +196,24 @@ def advance(conn: Connection, name: str, cursor: Cursor) -> bool:
     order, position = cursor
     row = conn.execute(_ADVANCE, {"name": name, "order": str(order), "position": position}).one_or_none()
     return row is not None
+
+
+def advance_from(conn: Connection, name: str, expected: Cursor, cursor: Cursor) -> bool:
+    """Move the checkpoint forward from exactly ``expected`` to ``cursor``, locking its row.
+
+    False (nothing changed) when the checkpoint is elsewhere, the projection is
+    failed, or ``cursor`` is not ahead: roll back. A batch calls this first,
+    so that it takes the row lock before any read-model write (see the module
+    docstring) and needs one statement for both the lock and the move.
+    """
+    parameters = {
+        "name": name,
+        "order": str(cursor[0]),
+        "position": cursor[1],
+        "expected_order": str(expected[0]),
+        "expected_position": expected[1],
+    }
+    return conn.execute(_ADVANCE_FROM, parameters).one_or_none() is not None
 
 
 def move_to(conn: Connection, name: str, cursor: Cursor) -> None:

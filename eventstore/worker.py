@@ -478,9 +478,9 @@ class ProjectionSession:
         """Apply ``events`` and move the checkpoint from ``cursor`` to ``new_cursor``, in one transaction."""
         connection = self.connection
         with connection.begin():
-            # The row lock serialises this batch with operators' skip/replay (see checkpoints).
-            current = checkpoints.lock(connection, self.name)
-            if current is None or current.cursor != cursor or current.failed:
+            # First the checkpoint row: its lock serialises this batch with operators'
+            # skip/replay (see checkpoints), and the move commits only with the handlers' writes.
+            if not checkpoints.advance_from(connection, self.name, cursor, new_cursor):
                 raise _Stale
             for index, event in enumerate(events):
                 try:
@@ -489,8 +489,6 @@ class ProjectionSession:
                     if is_connection_error(error, connection):
                         raise
                     raise _HandlerFailed(index, error) from error
-            if not checkpoints.advance(connection, self.name, new_cursor):
-                raise _Stale
         self._cursor = new_cursor
         if self.on_commit is not None:
             self.on_commit(self.name, new_cursor)
