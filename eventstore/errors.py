@@ -96,7 +96,7 @@ class UnknownPosition(EventStoreError, LookupError):
 
 
 class PermissionDenied(EventStoreError):
-    """The database role may not do this; see docs/reliability.md for the roles."""
+    """The database role may not do this; see the README's roles table."""
 
 
 class ProjectionError(EventStoreError):
