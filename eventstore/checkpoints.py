@@ -10,10 +10,11 @@ caller's transaction: the runner moves the checkpoint in the same transaction
 as the handlers' writes, which is what makes database read models
 exactly-once.
 
-Writers of one projection serialise on its checkpoint row: they begin with
-:func:`lock` (``SELECT ... FOR UPDATE``), so a runner's batch, an operator's
-``skip`` and a ``replay_stream`` never interleave, and always take their locks
-in the same order (checkpoint row first), so they cannot deadlock.
+Writers of one projection serialise on its checkpoint row: a runner's batch
+begins with :func:`advance_from` (one guarded ``UPDATE``), an operator's
+``skip``/``retry`` and ``replay_stream`` with :func:`lock` (``SELECT ... FOR
+UPDATE``). So they never interleave, and as all take the checkpoint row
+before any read-model row, they cannot deadlock.
 """
 
 from __future__ import annotations
