@@ -61,45 +61,62 @@ def describe_target(engine: Engine) -> str:
 
 @contextlib.contextmanager
 def translate_driver_errors(engine: Engine) -> Iterator[None]:
-    """Translate driver errors: "cannot connect" -> :class:`DatabaseUnavailable`.
+    """Translate driver errors, raw psycopg or wrapped by SQLAlchemy, into ours.
 
-    A missing table becomes :class:`SchemaNotReady`. Messages name host, port
-    and database, never the password.
+    "Cannot connect" becomes :class:`DatabaseUnavailable`, "permission denied"
+    :class:`PermissionDenied`, a missing table :class:`SchemaNotReady`; other
+    errors pass through. Messages name host, port and database, never the
+    password.
     """
     try:
         yield
-    except sa.exc.ProgrammingError as error:
-        if isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
-            raise PermissionDenied(
-                f"{_first_line(error.orig)} (as {engine.url.username or 'the default role'})"
-            ) from error
-        if isinstance(error.orig, psycopg.errors.UndefinedTable):
-            raise SchemaNotReady(
-                f"{_first_line(error.orig)} in {describe_target(engine)}; run `eventstore migrate` "
-                "(or eventstore.migrate(url)) first"
-            ) from error
+    except sa.exc.DBAPIError as error:
+        _raise_translated(engine, error.orig, error, lost=error.connection_invalidated)
         raise
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
-        if isinstance(error.orig, psycopg.OperationalError) or error.connection_invalidated:
-            raise DatabaseUnavailable(
-                f"cannot reach PostgreSQL at {describe_target(engine)}: {_first_line(error.orig)}"
-            ) from error
+    except psycopg.Error as error:
+        _raise_translated(engine, error, error, lost=False)
         raise
-    except psycopg.OperationalError as error:
-        raise DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {describe_target(engine)}: {_first_line(error)}"
+
+
+def _raise_translated(engine: Engine, driver_error: BaseException | None, error: BaseException, *, lost: bool) -> None:
+    if isinstance(driver_error, psycopg.errors.InsufficientPrivilege):
+        raise PermissionDenied(
+            f"{_first_line(driver_error)} (as {engine.url.username or 'the default role'})"
         ) from error
+    if isinstance(driver_error, psycopg.errors.UndefinedTable):
+        raise SchemaNotReady(
+            f"{_first_line(driver_error)} in {describe_target(engine)}; run `eventstore migrate` "
+            "(or eventstore.migrate(url)) first"
+        ) from error
+    if isinstance(driver_error, psycopg.OperationalError | psycopg.InterfaceError) or lost:
+        raise DatabaseUnavailable(
+            f"cannot reach PostgreSQL at {describe_target(engine)}: {_first_line(driver_error)}"
+        ) from error
+
+
+@contextlib.contextmanager
+def autocommit_driver(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled psycopg connection in autocommit mode, errors translated.
+
+    One statement is then one transaction: no BEGIN/COMMIT round trips and no
+    SQLAlchemy statement machinery, for the store's hot paths. A connection
+    that failed is invalidated, not returned to the pool.
+    """
+    with translate_driver_errors(engine):
+        pooled = engine.raw_connection()
+        driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
+        try:
+            driver.autocommit = True
+            yield driver
+        except psycopg.OperationalError as error:
+            pooled.invalidate(error)
+            raise
+        finally:
+            if not driver.closed and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                driver.autocommit = False
+            pooled.close()
 
 
 def _first_line(error: BaseException | None) -> str:
     text = str(error or "").strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-@contextlib.contextmanager
-def translate_permissions(engine: Engine) -> Iterator[None]:
-    """Turn a raw psycopg "permission denied" into :class:`PermissionDenied`."""
-    try:
-        yield
-    except psycopg.errors.InsufficientPrivilege as error:
-        raise PermissionDenied(f"{_first_line(error)} (as {engine.url.username or 'the default role'})") from error

@@ -54,7 +54,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from eventstore.database import create_engine, describe_target, translate_driver_errors, translate_permissions
+from eventstore.database import autocommit_driver, create_engine, translate_driver_errors
 from eventstore.errors import (
     DatabaseUnavailable,
     DuplicateEventId,
@@ -82,8 +82,10 @@ _APPEND_RETRIES = 20
 # belongs to the same snapshot.
 _FENCE = "pg_snapshot_xmin(pg_current_snapshot())"
 
+# Positional (see _recorded). The order key comes back as a bigint: an xid8
+# is epoch << 32 | xid, far below 2**63 in practice.
 _COLUMNS = (
-    "global_position, transaction_order::text AS transaction_order, event_id, stream_id, "
+    "global_position, CAST(CAST(transaction_order AS text) AS bigint), event_id, stream_id, "
     "stream_version, event_type, data, metadata, recorded_at"
 )
 
@@ -202,8 +204,7 @@ class EventStore:
                     with connection.begin_nested():
                         rows = self._insert_in(connection, prepared, queue=queue)
                 else:
-                    with translate_permissions(self.engine):
-                        rows = self._insert_in_own_transaction(prepared, queue=queue)
+                    rows = self._insert_in_own_transaction(prepared, queue=queue)
             except (sa.exc.DBAPIError, psycopg.Error) as error:
                 driver_error = getattr(error, "orig", None) or error
                 constraint = getattr(getattr(driver_error, "diag", None), "constraint_name", None)
@@ -235,38 +236,21 @@ class EventStore:
         return list(connection.exec_driver_sql(_APPEND, prepared.parameters).all())
 
     def _insert_in_own_transaction(self, prepared: _PreparedAppend, *, queue: bool) -> list[Any]:
-        """Insert as one autocommit statement on a pooled psycopg connection.
-
-        A single statement is its own transaction in PostgreSQL, so the common
-        case costs one round trip (no BEGIN, no COMMIT) and skips SQLAlchemy's
-        statement machinery: this is the append hot path.
-        """
+        """Insert as one autocommit statement: the append hot path (one round trip)."""
         for attempt in (1, 2):
-            with translate_driver_errors(self.engine):
-                pooled = self.engine.raw_connection()
             try:
-                driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
-                if queue:
-                    with driver.transaction():
-                        driver.execute(_STREAM_LOCK, {"stream_id": prepared.stream_id})
-                        return driver.execute(_APPEND, prepared.parameters).fetchall()
-                driver.autocommit = True
-                try:
+                with autocommit_driver(self.engine) as driver:
+                    if queue:
+                        with driver.transaction():
+                            driver.execute(_STREAM_LOCK, {"stream_id": prepared.stream_id})
+                            return driver.execute(_APPEND, prepared.parameters).fetchall()
                     return driver.execute(_APPEND, prepared.parameters).fetchall()
-                finally:
-                    if not driver.closed:
-                        driver.autocommit = False
-            except psycopg.OperationalError as error:
-                pooled.invalidate(error)
+            except DatabaseUnavailable:
                 # A dropped connection is safe to retry once: event ids make
                 # the append idempotent even if the first commit went through.
                 if attempt == 2:
-                    raise DatabaseUnavailable(
-                        f"cannot reach PostgreSQL at {describe_target(self.engine)}: {_first_line(error)}"
-                    ) from error
+                    raise
                 logger.warning("append to %s: connection lost, retrying once", prepared.stream_id)
-            finally:
-                pooled.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _current_version(self, connection: Connection | None, stream_id: str) -> int:
@@ -323,12 +307,12 @@ class EventStore:
         comparison, direction = ("<=", "DESC") if backwards else (">=", "ASC")
         if start is None:
             start = _MAX_INT32 if backwards else 1
-        query = sa.text(
-            f"SELECT {_COLUMNS} FROM events WHERE stream_id = :stream_id "  # noqa: S608 - constant fragments
-            f"AND stream_version {comparison} :start ORDER BY stream_version {direction} LIMIT :limit"
+        query = (
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = %(stream_id)s "  # noqa: S608 - constant fragments
+            f"AND stream_version {comparison} %(start)s ORDER BY stream_version {direction} LIMIT %(limit)s"
         )
-        with translate_driver_errors(self.engine), self.engine.connect() as connection:
-            rows = connection.execute(query, {"stream_id": stream_id, "start": start, "limit": count}).all()
+        with autocommit_driver(self.engine) as driver:
+            rows = driver.execute(query, {"stream_id": stream_id, "start": start, "limit": count}).fetchall()
         return [_recorded(row) for row in rows]
 
     def read_all(
@@ -381,15 +365,14 @@ class EventStore:
     ) -> Iterator[RecordedEvent]:
         filters = ""
         if event_types:
-            filters += " AND event_type = ANY(CAST(:event_types AS text[]))"
+            filters += " AND event_type = ANY(%(event_types)s)"
         if categories:
-            filters += " AND category = ANY(CAST(:categories AS text[]))"
-        query = sa.text(
+            filters += " AND category = ANY(%(categories)s)"
+        query = (
             f"SELECT {_COLUMNS} FROM events "  # noqa: S608 - constant fragments only
-            "WHERE (transaction_order, global_position) > (CAST(:after_order AS xid8), :after_position) "
+            "WHERE (transaction_order, global_position) > (CAST(%(after_order)s AS xid8), %(after_position)s) "
             f"AND transaction_order < {_FENCE}{filters} "
-            # Qualified: a bare name would sort by the ``::text`` output alias of _COLUMNS ('1000' < '999').
-            "ORDER BY events.transaction_order, events.global_position LIMIT :batch"
+            "ORDER BY events.transaction_order, events.global_position LIMIT %(batch)s"
         )
         order, position = cursor
         while remaining is None or remaining > 0:
@@ -401,13 +384,15 @@ class EventStore:
                 "event_types": event_types,
                 "categories": categories,
             }
-            with translate_driver_errors(self.engine), self.engine.connect() as connection:
-                rows = connection.execute(query, parameters).all()
+            # Each batch is its own autocommit statement: the reader never
+            # holds a transaction id, so it cannot hold back the fence itself.
+            with autocommit_driver(self.engine) as driver:
+                rows = driver.execute(query, parameters).fetchall()
             for row in rows:
                 yield _recorded(row)
             if len(rows) < batch:
                 return
-            order, position = int(rows[-1].transaction_order), rows[-1].global_position
+            order, position = rows[-1][1], rows[-1][0]
             if remaining is not None:
                 remaining -= len(rows)
 
@@ -526,16 +511,17 @@ class _PreparedAppend:
 
 
 def _recorded(row: Any) -> RecordedEvent:
+    position, order, event_id, stream_id, version, event_type, data, metadata, recorded_at = row
     return RecordedEvent(
-        event_id=row.event_id,
-        stream_id=row.stream_id,
-        stream_version=row.stream_version,
-        type=row.event_type,
-        data=row.data,
-        metadata=row.metadata,
-        global_position=row.global_position,
-        recorded_at=row.recorded_at,
-        transaction_order=int(row.transaction_order),
+        event_id=event_id,
+        stream_id=stream_id,
+        stream_version=version,
+        type=event_type,
+        data=data,
+        metadata=metadata,
+        global_position=position,
+        recorded_at=recorded_at,
+        transaction_order=order,
     )
 
 
