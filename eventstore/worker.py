@@ -190,7 +190,9 @@ class _Stale(Exception):
 
 
 class _HandlerFailed(Exception):
-    def __init__(self, index: int, error: BaseException) -> None:
+    """A handler raised on event ``index`` of the batch (None: somewhere in an ``apply_batch``)."""
+
+    def __init__(self, index: int | None, error: BaseException) -> None:
         super().__init__(str(error))
         self.index = index
         self.error = error
@@ -391,7 +393,12 @@ class ProjectionSession:
                 consumed += len(chunk)
                 continue
             except _HandlerFailed as failure:
-                if failure.index > 0:
+                if failure.index is None and len(chunk) > 1:
+                    # An apply_batch override failed somewhere: halve until the event is found.
+                    middle = len(chunk) // 2
+                    chunks[:0] = [chunk[:middle], chunk[middle:]]
+                    continue
+                if failure.index is not None and failure.index > 0:
                     # The events before the failing one are fine: commit them on their own.
                     chunks[:0] = [chunk[: failure.index], chunk[failure.index :]]
                     continue
@@ -482,13 +489,7 @@ class ProjectionSession:
             # skip/replay (see checkpoints), and the move commits only with the handlers' writes.
             if not checkpoints.advance_from(connection, self.name, cursor, new_cursor):
                 raise _Stale
-            for index, event in enumerate(events):
-                try:
-                    self.projection.apply(event, connection)
-                except Exception as error:
-                    if is_connection_error(error, connection):
-                        raise
-                    raise _HandlerFailed(index, error) from error
+            self._apply_in(connection, events)
         self._cursor = new_cursor
         if self.on_commit is not None:
             self.on_commit(self.name, new_cursor)
@@ -499,6 +500,21 @@ class ProjectionSession:
                 logger.exception("projection %s: on_batch callback failed", self.name,
                                  extra={"projection_name": self.name})  # fmt: skip
         return new_cursor
+
+
+    def _apply_in(self, connection: Connection, events: list[RecordedEvent]) -> None:
+        """Run the handlers; per event (to know which one failed) unless apply_batch is overridden."""
+        batched = type(self.projection).apply_batch is not Projection.apply_batch
+        for index, chunk in ([(None, events)] if batched else [(i, [e]) for i, e in enumerate(events)]):
+            try:
+                if batched:
+                    self.projection.apply_batch(chunk, connection)
+                else:
+                    self.projection.apply(chunk[0], connection)
+            except Exception as error:
+                if is_connection_error(error, connection):
+                    raise
+                raise _HandlerFailed(index, error) from error
 
 
 def _cursor_of(event: RecordedEvent) -> Cursor:

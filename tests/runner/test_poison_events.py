@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 import projections
-from eventstore import EventStore, NewEvent, ProjectionError, ProjectionRunner, admin
+from eventstore import EventStore, NewEvent, Projection, ProjectionError, ProjectionRunner, RecordedEvent, admin
 from eventstore.checkpoints import load
 from projections import Ledger, ledger_positions
 from tests.runner.runner_helpers import FAST, wait_for
@@ -109,3 +109,36 @@ def test_operator_skip_while_a_runner_is_live(
     runner.wait_until_processed(more[-1])  # the skip woke the runner
     assert _applied(engine, "live-stop") == [positions[0], positions[2], more[0]]
     assert [f.status for f in admin.list_failures(store, "live-stop")] == ["skipped"]
+
+
+class BatchCounter(Projection):
+    """Counts with one UPDATE per batch (the apply_batch hook); events typed Bad make it raise."""
+
+    name = "batch_counter"
+    on_error = "skip"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def setup(self, conn: sa.Connection) -> None:
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS batch_count (id int PRIMARY KEY, n int NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO batch_count VALUES (1, 0) ON CONFLICT DO NOTHING"))
+
+    def apply_batch(self, events: list[RecordedEvent], conn: sa.Connection) -> None:
+        self.calls += 1
+        if any(event.type == "Bad" for event in events):
+            raise ValueError("cannot count a Bad event")
+        conn.execute(sa.text("UPDATE batch_count SET n = n + :count WHERE id = 1"), {"count": len(events)})
+
+
+def test_apply_batch_writes_once_per_batch_and_a_poison_event_is_isolated(store: EventStore, engine: Engine) -> None:
+    positions = _append(store, ["Good"] * 40 + ["Bad"] + ["Good"] * 39)
+    counter = BatchCounter()
+
+    assert ProjectionRunner(store, [counter], **{**FAST, "batch_size": 1000}).run_until_caught_up() == 80
+
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT n FROM batch_count")).scalar_one() == 79
+    [failure] = admin.list_failures(store, "batch_counter")
+    assert (failure.global_position, failure.status) == (positions[40], "skipped")
+    assert counter.calls < 20  # one call for the batch, then halving to find the poison event, not 80 calls
