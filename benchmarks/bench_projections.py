@@ -7,7 +7,13 @@ from sqlalchemy.engine import Connection
 
 from eventstore import Projection, RecordedEvent, handles
 
-__all__ = ["CountProjection", "NoopProjection", "RowPerEventProjection"]
+__all__ = [
+    "CountBatchProjection",
+    "CountProjection",
+    "NoopProjection",
+    "RowBatchProjection",
+    "RowPerEventProjection",
+]
 
 
 class NoopProjection(Projection):
@@ -61,4 +67,28 @@ class RowPerEventProjection(Projection):
         conn.execute(
             sa.text("INSERT INTO bench_rows VALUES (:event_id, :stream_id, :amount)"),
             {"event_id": event.event_id, "stream_id": event.stream_id, "amount": event.data["amount"]},
+        )
+
+
+class CountBatchProjection(CountProjection):
+    """(a) with :meth:`Projection.apply_batch`: one UPDATE per batch (the idiomatic fast projection)."""
+
+    def apply_batch(self, events: list[RecordedEvent], conn: Connection) -> None:
+        conn.execute(sa.text("UPDATE bench_count SET n = n + :count WHERE id = 1"), {"count": len(events)})
+
+
+class RowBatchProjection(RowPerEventProjection):
+    """(b) with :meth:`Projection.apply_batch`: one multi-row INSERT per batch."""
+
+    def apply_batch(self, events: list[RecordedEvent], conn: Connection) -> None:
+        conn.execute(
+            sa.text(
+                "INSERT INTO bench_rows SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:streams AS text[]), "
+                "CAST(:amounts AS bigint[]))"
+            ),
+            {
+                "ids": [event.event_id for event in events],
+                "streams": [event.stream_id for event in events],
+                "amounts": [event.data["amount"] for event in events],
+            },
         )

@@ -123,8 +123,26 @@ def measure_catchup(server: BenchServer, results: Results, plan: Plan) -> None:
             "batch": _READ_BATCH,
         },
         "eventstore (0) no-op handler": {"kind": "projection", "url": server.url(_DATABASE), "projection": "noop"},
-        "eventstore (a) count in one row": {"kind": "projection", "url": server.url(_DATABASE), "projection": "count"},
-        "eventstore (b) row per event": {"kind": "projection", "url": server.url(_DATABASE), "projection": "rows"},
+        "eventstore (a) count in one row, apply_batch": {
+            "kind": "projection",
+            "url": server.url(_DATABASE),
+            "projection": "count_batch",
+        },
+        "eventstore (a) count in one row, per-event handler": {
+            "kind": "projection",
+            "url": server.url(_DATABASE),
+            "projection": "count",
+        },
+        "eventstore (b) row per event, apply_batch": {
+            "kind": "projection",
+            "url": server.url(_DATABASE),
+            "projection": "rows_batch",
+        },
+        "eventstore (b) row per event, per-event handler": {
+            "kind": "projection",
+            "url": server.url(_DATABASE),
+            "projection": "rows",
+        },
         "eventsourcing library (count in one row)": {
             "kind": "eventsourcing",
             "env": es_env,

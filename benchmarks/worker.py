@@ -41,10 +41,22 @@ def _raw_read(job: dict[str, Any]) -> int:
 
 def _projection(job: dict[str, Any]) -> int:
     """eventstore's ProjectionRunner, run until caught up with the head."""
-    from benchmarks.bench_projections import CountProjection, NoopProjection, RowPerEventProjection
+    from benchmarks.bench_projections import (
+        CountBatchProjection,
+        CountProjection,
+        NoopProjection,
+        RowBatchProjection,
+        RowPerEventProjection,
+    )
     from eventstore import EventStore, ProjectionRunner
 
-    kinds = {"noop": NoopProjection, "count": CountProjection, "rows": RowPerEventProjection}
+    kinds = {
+        "noop": NoopProjection,
+        "count": CountProjection,
+        "rows": RowPerEventProjection,
+        "count_batch": CountBatchProjection,
+        "rows_batch": RowBatchProjection,
+    }
     projection = kinds[job["projection"]]()
     store = EventStore(job["url"])
     delivered = [0]
@@ -55,7 +67,9 @@ def _projection(job: dict[str, Any]) -> int:
     ProjectionRunner(store, [projection], on_batch=count_batch, **job.get("settings", {})).run_until_caught_up()
     if job["projection"] == "noop":
         return delivered[0]
-    table = {"count": "SELECT n FROM bench_count", "rows": "SELECT count(*) FROM bench_rows"}[job["projection"]]
+    table = {"count": "SELECT n FROM bench_count", "rows": "SELECT count(*) FROM bench_rows"}[
+        job["projection"].removesuffix("_batch")
+    ]
     import sqlalchemy as sa
 
     with store.engine.connect() as connection:
