@@ -501,11 +501,10 @@ class ProjectionSession:
                                  extra={"projection_name": self.name})  # fmt: skip
         return new_cursor
 
-
     def _apply_in(self, connection: Connection, events: list[RecordedEvent]) -> None:
         """Run the handlers; per event (to know which one failed) unless apply_batch is overridden."""
         batched = type(self.projection).apply_batch is not Projection.apply_batch
-        for index, chunk in ([(None, events)] if batched else [(i, [e]) for i, e in enumerate(events)]):
+        for index, chunk in [(None, events)] if batched else [(i, [e]) for i, e in enumerate(events)]:
             try:
                 if batched:
                     self.projection.apply_batch(chunk, connection)
