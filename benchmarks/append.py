@@ -14,8 +14,12 @@ __all__ = ["CONTENDERS", "measure_append", "prepare_targets"]
 logger = logging.getLogger(__name__)
 
 SECTION = "Append throughput (events/s, all writers together)"
-CONTENDERS = ("eventstore", "raw", "eventstore_no_notify", "eventsourcing")
-_COMPARE = ("raw", "eventsourcing", "eventstore_no_notify")
+CONTENDERS = ("eventstore", "raw", "raw_global_lock", "eventstore_no_notify", "eventsourcing")
+_COMPARE_BY_CONTENDER = {
+    "eventstore": ("raw", "eventsourcing", "eventstore_no_notify"),
+    # The gap technique not chosen (a writer lock for whole transactions), for the same ratio to raw.
+    "raw_global_lock": ("raw",),
+}
 
 
 def prepare_targets(server: BenchServer) -> Targets:
@@ -62,5 +66,5 @@ def measure_append(
                         contender,
                         rate,
                         unit="ev/s",
-                        compare_to=_COMPARE if contender == "eventstore" else (),
+                        compare_to=_COMPARE_BY_CONTENDER.get(contender, ()),
                     )

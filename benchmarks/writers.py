@@ -81,7 +81,7 @@ class _Writer:
             from eventstore import EventStore
 
             return EventStore(getattr(self.targets, contender))
-        if contender == "raw":
+        if contender in ("raw", "raw_global_lock"):
             import psycopg
 
             return psycopg.connect(self.targets.raw.replace("postgresql+psycopg://", "postgresql://", 1))
@@ -90,7 +90,8 @@ class _Writer:
 
             return BenchApplication(env=self.targets.eventsourcing)
         raise ValueError(
-            f"unknown contender {contender!r}; expected eventstore, eventstore_no_notify, raw or eventsourcing"
+            f"unknown contender {contender!r}; expected eventstore, eventstore_no_notify, raw, raw_global_lock "
+            "or eventsourcing"
         )
 
     def append(self, contender: str, events: int) -> None:
@@ -101,9 +102,12 @@ class _Writer:
             client.append(
                 self.stream_id(), [NewEvent("BenchEvent", PAYLOAD) for _ in range(events)], expected_version=NO_STREAM
             )
-        elif contender == "raw":
+        elif contender in ("raw", "raw_global_lock"):
             # Serialise like the store does: the JSON encoding is part of any client's work.
             data = json.dumps(PAYLOAD, ensure_ascii=False, separators=(",", ":"))
+            if contender == "raw_global_lock":
+                # The gap technique we did not choose: one writer lock held for the whole transaction.
+                client.execute("SELECT pg_advisory_xact_lock(4242)")
             client.execute(
                 _RAW_INSERT,
                 {
