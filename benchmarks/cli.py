@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -30,6 +31,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=Path(__file__).resolve().parent / "results",
         help="output directory (default: benchmarks/results/, git-ignored)",
     )
+    parser.add_argument(
+        "--rebuild-events",
+        type=int,
+        default=None,
+        help="events for the rebuild measurement (default: the mode's, 100,000 in full mode)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every sample")
     arguments = parser.parse_args(argv)
     chosen = [name.strip() for name in arguments.only.split(",") if name.strip()]
@@ -56,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.plan import FULL, QUICK
 
     plan = QUICK if arguments.quick else FULL
+    if arguments.rebuild_events:
+        plan = dataclasses.replace(plan, rebuild_events=arguments.rebuild_events)
     began = time.monotonic()
 
     from benchmarks.report import Results, machine_description
