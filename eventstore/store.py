@@ -338,7 +338,7 @@ class EventStore:
         remaining = _check_count("limit", limit, minimum=0, maximum=_MAX_INT64)
         types = _check_names("event_types", event_types, MAX_EVENT_TYPE_LENGTH)
         wanted_categories = _check_names("categories", categories, MAX_STREAM_ID_LENGTH)
-        cursor = self._order_of(start) if start else (0, 0)
+        cursor = self.order_of(start) if start else (0, 0)
         return self._read_from(cursor, remaining, types, wanted_categories)
 
     def read_after_cursor(
@@ -418,10 +418,11 @@ class EventStore:
             return int(connection.execute(_STREAM_VERSION, {"stream_id": stream_id}).scalar_one())
 
     def order_of(self, position: int) -> tuple[int, int]:
-        """The ``(transaction_order, global_position)`` cursor of a stored event."""
-        return self._order_of(position)
+        """The ``(transaction_order, global_position)`` cursor of a stored event.
 
-    def _order_of(self, position: int) -> tuple[int, int]:
+        Raises:
+            UnknownPosition: no stored event has this position.
+        """
         with translate_driver_errors(self.engine), self.engine.connect() as connection:
             order = connection.execute(_ORDER_OF_POSITION, {"position": position}).scalar_one_or_none()
         if order is None:

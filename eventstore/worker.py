@@ -35,6 +35,7 @@ Guarantees
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -502,18 +503,21 @@ class ProjectionSession:
         return new_cursor
 
     def _apply_in(self, connection: Connection, events: list[RecordedEvent]) -> None:
-        """Run the handlers; per event (to know which one failed) unless apply_batch is overridden."""
-        batched = type(self.projection).apply_batch is not Projection.apply_batch
-        for index, chunk in [(None, events)] if batched else [(i, [e]) for i, e in enumerate(events)]:
-            try:
-                if batched:
-                    self.projection.apply_batch(chunk, connection)
-                else:
-                    self.projection.apply(chunk[0], connection)
-            except Exception as error:
-                if is_connection_error(error, connection):
-                    raise
-                raise _HandlerFailed(index, error) from error
+        """Run the handlers: one apply_batch call if overridden, else per event (to know which one failed)."""
+        if type(self.projection).apply_batch is not Projection.apply_batch:
+            self._guarded(connection, None, functools.partial(self.projection.apply_batch, events, connection))
+            return
+        for index, event in enumerate(events):
+            self._guarded(connection, index, functools.partial(self.projection.apply, event, connection))
+
+    @staticmethod
+    def _guarded(connection: Connection, index: int | None, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except Exception as error:
+            if is_connection_error(error, connection):
+                raise
+            raise _HandlerFailed(index, error) from error
 
 
 def _cursor_of(event: RecordedEvent) -> Cursor:
