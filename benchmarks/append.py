@@ -26,9 +26,8 @@ def prepare_targets(server: BenchServer) -> Targets:
     """One database per contender, each with the same events table (minus triggers where said)."""
     server.create_database("bench_eventstore")
     server.create_database("bench_no_notify")
-    server.execute("bench_no_notify", "ALTER TABLE events DISABLE TRIGGER events_notify_v1")
     server.create_database("bench_raw")
-    server.execute("bench_raw", "ALTER TABLE events DISABLE TRIGGER events_notify_v1")
+    server.execute("bench_raw", "ALTER TABLE events DISABLE TRIGGER events_notify_v2")
     server.execute("bench_raw", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
     server.create_database("bench_eventsourcing", migrated=False)
     url = server.local

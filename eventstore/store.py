@@ -63,13 +63,12 @@ from eventstore.errors import (
     WrongExpectedVersion,
 )
 from eventstore.types import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+from eventstore.wakeup import NOTIFY_CHANNEL, WakeUps
 
-__all__ = ["EventStore"]
+__all__ = ["NOTIFY_CHANNEL", "EventStore"]
 
 logger = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "eventstore_events_v1"
-"""The channel the ``events_notify_v1`` trigger notifies once per appending transaction."""
 
 MAX_STREAM_ID_LENGTH = 255
 MAX_EVENT_TYPE_LENGTH = 255
@@ -89,7 +88,8 @@ _COLUMNS = (
     "stream_version, event_type, data, metadata, recorded_at"
 )
 
-# psycopg's named style: the same text runs on a raw psycopg connection (our
+# psycopg's named style (%b: arrays in binary, which needs no per-element
+# escaping): the same text runs on a raw psycopg connection (our
 # own one-statement transaction) and through Connection.exec_driver_sql.
 _APPEND = """
     WITH last AS (
@@ -97,13 +97,15 @@ _APPEND = """
         WHERE stream_id = %(stream_id)s ORDER BY stream_version DESC LIMIT 1
     ), head AS (
         SELECT coalesce((SELECT stream_version FROM last), 0) AS version,
-               greatest(pg_current_xact_id(), (SELECT transaction_order FROM last)) AS transaction_order
+               greatest(pg_current_xact_id(), (SELECT transaction_order FROM last)) AS transaction_order,
+               -- 'off' silences the NOTIFY trigger for this transaction (see eventstore/wakeup.py).
+               set_config('eventstore.notify', %(trigger_notifies)s, true) AS trigger_notifies
     )
     INSERT INTO events (transaction_order, event_id, stream_id, stream_version, event_type, data, metadata)
     SELECT head.transaction_order, e.event_id, %(stream_id)s, head.version + e.ordinal,
            e.event_type, CAST(e.data AS jsonb), CAST(e.metadata AS jsonb)
-    FROM head, unnest(CAST(%(event_ids)s AS uuid[]), CAST(%(event_types)s AS text[]),
-                      CAST(%(datas)s AS text[]), CAST(%(metadatas)s AS text[]))
+    FROM head, unnest(CAST(%(event_ids)b AS uuid[]), CAST(%(event_types)b AS text[]),
+                      CAST(%(datas)b AS text[]), CAST(%(metadatas)b AS text[]))
                WITH ORDINALITY AS e(event_id, event_type, data, metadata, ordinal)
     WHERE CASE CAST(%(expectation)s AS text)
               WHEN 'any' THEN true
@@ -144,6 +146,12 @@ class EventStore:
     reader hold in memory: ``max_append_events`` events per append,
     ``max_event_bytes`` of JSON (data plus metadata) per event, and reads in
     batches of ``read_batch_size`` events.
+
+    Every append wakes the projection workers (a NOTIFY on
+    :data:`NOTIFY_CHANNEL`, sent just after the commit, see
+    :mod:`eventstore.wakeup`). ``notify=False`` sends none, for bulk imports
+    nobody needs to see live: workers then find the events on their fallback
+    timer.
     """
 
     def __init__(
@@ -153,11 +161,14 @@ class EventStore:
         max_append_events: int = 10_000,
         max_event_bytes: int = 1_048_576,
         read_batch_size: int = 500,
+        notify: bool = True,
     ) -> None:
         self.engine = create_engine(url_or_engine)
         self.max_append_events = max_append_events
         self.max_event_bytes = max_event_bytes
         self.read_batch_size = read_batch_size
+        self.notify = notify
+        self._wake_ups = WakeUps(self.engine)
 
     def __repr__(self) -> str:
         return f"EventStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -233,18 +244,29 @@ class EventStore:
             # A transaction-scoped lock on the stream, taken in its own statement
             # so that the insert's snapshot (READ COMMITTED) is taken after the wait.
             connection.exec_driver_sql(_STREAM_LOCK, {"stream_id": prepared.stream_id})
-        return list(connection.exec_driver_sql(_APPEND, prepared.parameters).all())
+        # The caller commits, so the trigger sends the wake-up then.
+        parameters = {**prepared.parameters, "trigger_notifies": "on" if self.notify else "off"}
+        return list(connection.exec_driver_sql(_APPEND, parameters).all())
 
     def _insert_in_own_transaction(self, prepared: _PreparedAppend, *, queue: bool) -> list[Any]:
-        """Insert as one autocommit statement: the append hot path (one round trip)."""
+        """Insert as one autocommit statement (one round trip), then send the wake-up.
+
+        The wake-up goes out after the commit, without waiting (see
+        eventstore/wakeup.py); the trigger stands aside for this transaction.
+        """
+        parameters = {**prepared.parameters, "trigger_notifies": "off"}
         for attempt in (1, 2):
             try:
                 with autocommit_driver(self.engine) as driver:
                     if queue:
                         with driver.transaction():
                             driver.execute(_STREAM_LOCK, {"stream_id": prepared.stream_id})
-                            return driver.execute(_APPEND, prepared.parameters).fetchall()
-                    return driver.execute(_APPEND, prepared.parameters).fetchall()
+                            rows = driver.execute(_APPEND, parameters).fetchall()
+                    else:
+                        rows = driver.execute(_APPEND, parameters).fetchall()
+                if rows and self.notify:
+                    self._wake_ups.send()
+                return rows
             except DatabaseUnavailable:
                 # A dropped connection is safe to retry once: event ids make
                 # the append idempotent even if the first commit went through.
@@ -445,13 +467,14 @@ class EventStore:
                 "events", f"{len(events)} events in one append; the limit is max_append_events={self.max_append_events}"
             )
         prepared = _PreparedAppend(stream_id, expected)
+        seen_ids: set[uuid.UUID] = set()
         for index, event in enumerate(events):
             field = f"events[{index}]"
             if not isinstance(event, NewEvent):
                 raise InvalidEvent(field, f"expected NewEvent, got {type(event).__name__}")
             if not isinstance(event.event_id, uuid.UUID):
                 raise InvalidEvent(f"{field}.event_id", f"must be a UUID, got {event.event_id!r}")
-            if event.event_id in prepared.event_ids:
+            if event.event_id in seen_ids:
                 raise InvalidEvent(f"{field}.event_id", f"{event.event_id} appears twice in this append")
             _check_text(f"{field}.type", event.type, MAX_EVENT_TYPE_LENGTH)
             data = _encode_object(f"{field}.data", event.data)
@@ -460,6 +483,7 @@ class EventStore:
             if size > self.max_event_bytes:
                 raise InvalidEvent(field, f"{size} bytes of JSON; the limit is max_event_bytes={self.max_event_bytes}")
             prepared.add(event.event_id, event.type, data, metadata)
+            seen_ids.add(event.event_id)
         return prepared
 
 
@@ -580,37 +604,90 @@ def _check_names(field: str, values: Iterable[str] | None, max_length: int) -> l
 
 
 def _encode_object(field: str, value: object) -> str:
-    """JSON text for a data/metadata object that round-trips exactly through jsonb."""
+    """JSON text for a data/metadata object that round-trips exactly through jsonb.
+
+    The structure is checked in one walk (keys, types, depth, finite floats);
+    the strings are checked on the encoded text, and only when that shows a
+    possible problem are they walked again to name the offending one.
+    """
     if not isinstance(value, dict):
         raise InvalidEvent(field, f"must be a JSON object (a dict), got {type(value).__name__}")
-    exponent_floats = False
-    stack: list[tuple[str, object, int]] = [(field, value, 1)]
-    while stack:
-        path, item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise InvalidEvent(field, f"is nested deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    raise InvalidEvent(path, f"has a key of type {type(key).__name__}; JSON keys are strings")
-                _check_storable_string(f"{path} key {key[:40]!r}", key)
-                stack.append((f"{path}.{key}", child, depth + 1))
-        elif isinstance(item, list):
-            stack.extend((f"{path}[{index}]", child, depth + 1) for index, child in enumerate(item))
-        elif isinstance(item, str):
-            _check_storable_string(path, item)
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise InvalidEvent(path, f"{item} is not valid JSON (only finite numbers are)")
-            exponent_floats = exponent_floats or "e" in repr(item)
-        elif item is not None and not isinstance(item, int):  # bool is an int
-            raise InvalidEvent(path, f"{type(item).__name__} is not a JSON type")
+    exponent_floats = _check_structure(field, value)
     try:
         if exponent_floats:
-            return _dumps_with_plain_floats(value)
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            text = _dumps_with_plain_floats(value)
+        else:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError as error:  # e.g. an integer too long to print
         raise InvalidEvent(field, str(error)) from error
+    # json.dumps escapes NUL as \u0000; a lone surrogate fails to encode.
+    if "\\u0000" in text or not _encodes_as_utf8(text):
+        _check_strings(field, value)
+    return text
+
+
+def _check_structure(field: str, value: dict[Any, Any]) -> bool:
+    """Raise for keys, types, depth or numbers JSON cannot hold; True if a float needs plain notation.
+
+    Paths are kept as ``(parent, key)`` pairs and rendered only for an error.
+    """
+    exponent_floats = False
+    stack: list[tuple[object, int, Any]] = [(value, 1, None)]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, str) or item is None or isinstance(item, int):  # bool is an int
+            continue
+        if isinstance(item, dict):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidEvent(field, f"is nested deeper than {MAX_JSON_DEPTH} levels")
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise InvalidEvent(
+                        _render_path(field, path), f"has a key of type {type(key).__name__}; JSON keys are strings"
+                    )
+                stack.append((child, depth + 1, (path, f".{key}")))
+        elif isinstance(item, list):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidEvent(field, f"is nested deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((child, depth + 1, (path, f"[{index}]")) for index, child in enumerate(item))
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidEvent(_render_path(field, path), f"{item} is not valid JSON (only finite numbers are)")
+            exponent_floats = exponent_floats or "e" in repr(item)
+        else:
+            raise InvalidEvent(_render_path(field, path), f"{type(item).__name__} is not a JSON type")
+    return exponent_floats
+
+
+def _render_path(field: str, path: Any) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, part = path
+        parts.append(part)
+    return field + "".join(reversed(parts))
+
+
+def _encodes_as_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_strings(field: str, value: object) -> None:
+    """Name the key or string PostgreSQL cannot store (NUL, lone surrogate), if any."""
+    stack: list[tuple[str, object]] = [(field, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _check_storable_string(f"{path} key {key[:40]!r}", key)
+                stack.append((f"{path}.{key}", child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{index}]", child) for index, child in enumerate(item))
+        elif isinstance(item, str):
+            _check_storable_string(path, item)
 
 
 def _dumps_with_plain_floats(value: dict[str, Any]) -> str:

@@ -28,6 +28,9 @@ BAD_APPENDS = [
     ("s-1", [NewEvent("T", {"a": "\ud800"})], "events[0].data.a: is not valid Unicode"),
     ("s-1", [NewEvent("T", {1: "x"})], "events[0].data: has a key of type int"),  # type: ignore[dict-item]
     ("s-1", [NewEvent("T", {"a": (1, 2)})], "events[0].data.a: tuple is not a JSON type"),
+    ("s-1", [NewEvent("T", {"a": {"b": [1, {2}]}})], r"events\[0\].data.a.b\[1\]: set is not a JSON type"),
+    ("s-1", [NewEvent("T", {"a": ["ok", "x\x00"]})], r"events\[0\].data.a\[1\]: contains a NUL"),
+    ("s-1", [NewEvent("T", {}, metadata={"a": {"b\ud800": 1}})], "events[0].metadata.a key 'b\\ud800': is not valid"),
     ("s-1", [NewEvent("T", {}, metadata=[])], "events[0].metadata: must be a JSON object"),  # type: ignore[arg-type]
     ("s-1", [NewEvent("T", {}, event_id="nope")], "events[0].event_id: must be a UUID"),  # type: ignore[arg-type]
     (
@@ -109,3 +112,9 @@ def test_unmigrated_database_says_to_migrate(test_server: object) -> None:
     finally:
         store.engine.dispose()
         test_server.drop_database(name)  # type: ignore[attr-defined]
+
+
+def test_text_that_merely_looks_like_an_escaped_nul_is_stored(store: EventStore) -> None:
+    data = {"path": "C:\\u0000dir", "nested": [{"note": "\\u0000"}]}
+    store.append("s-1", [NewEvent("T", data)])
+    assert store.read_stream("s-1")[0].data == data

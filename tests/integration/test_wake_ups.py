@@ -1,0 +1,152 @@
+"""Wake-ups: one per committed append, sent after the commit; the trigger covers other writers."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from eventstore import EventStore, NewEvent, WrongExpectedVersion
+from eventstore.database import libpq_url
+
+
+def listen(store: EventStore) -> psycopg.Connection:
+    connection = psycopg.connect(libpq_url(store.engine), autocommit=True)
+    connection.execute("LISTEN eventstore_events_v1")
+    return connection
+
+
+def wake_ups(connection: psycopg.Connection) -> int:
+    return sum(1 for _ in connection.notifies(timeout=0.5))
+
+
+def placed() -> NewEvent:
+    return NewEvent("OrderPlaced", {"total": 1})
+
+
+def terminate_wake_up_connections(store: EventStore) -> int:
+    """Terminate the store's wake-up connection(s), waiting up to 5 s until they are gone."""
+    with store.engine.connect() as connection:
+        return len(
+            connection.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'SELECT pg_notify(%' "
+                    "AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        )
+
+
+def test_each_append_wakes_once_and_the_trigger_stands_aside(store: EventStore) -> None:
+    listener = listen(store)
+    try:
+        for number in range(5):
+            store.append(f"order-{number}", [placed(), placed()])
+        # Both the trigger and the store notifying would give 10 (separate transactions do not fold).
+        assert wake_ups(listener) == 5
+    finally:
+        listener.close()
+
+
+def test_the_wake_up_follows_the_commit(store: EventStore) -> None:
+    listener = listen(store)
+    reader = psycopg.connect(libpq_url(store.engine), autocommit=True)
+    try:
+        for number in range(20):
+            store.append(f"order-{number}", [placed()])
+            next(listener.notifies(timeout=5, stop_after=1))
+            # Whatever woke us, the event is readable by then.
+            assert reader.execute("SELECT count(*) FROM events").fetchone() == (number + 1,)
+    finally:
+        listener.close()
+        reader.close()
+
+
+def test_other_writers_are_woken_by_the_trigger(store: EventStore) -> None:
+    listener = listen(store)
+    try:
+        with psycopg.connect(libpq_url(store.engine)) as writer:
+            writer.execute(
+                "INSERT INTO events (transaction_order, event_id, stream_id, stream_version, event_type, data) "
+                "VALUES (pg_current_xact_id(), gen_random_uuid(), 'order-9', 1, 'OrderPlaced', '{}')"
+            )
+        assert wake_ups(listener) == 1
+    finally:
+        listener.close()
+
+
+def test_notify_false_sends_no_wake_up(engine: sa.Engine) -> None:
+    quiet = EventStore(engine, notify=False)
+    listener = listen(quiet)
+    try:
+        quiet.append("order-1", [placed()])
+        with engine.begin() as connection:
+            quiet.append("order-2", [placed()], connection=connection)
+        assert wake_ups(listener) == 0
+        assert [event.stream_id for event in quiet.read_all()] == ["order-1", "order-2"]
+    finally:
+        listener.close()
+
+
+def test_a_failed_append_sends_no_wake_up(store: EventStore) -> None:
+    store.append("order-1", [placed()])
+    listener = listen(store)
+    try:
+        with pytest.raises(WrongExpectedVersion):
+            store.append("order-1", [placed()], expected_version=5)
+        assert wake_ups(listener) == 0
+    finally:
+        listener.close()
+
+
+def test_a_terminated_wake_up_connection_is_replaced(store: EventStore, caplog: pytest.LogCaptureFixture) -> None:
+    store.append("order-1", [placed()])
+    assert terminate_wake_up_connections(store) == 1
+    listener = listen(store)
+    try:
+        with caplog.at_level(logging.WARNING, logger="eventstore"):
+            store.append("order-2", [placed()])
+        assert wake_ups(listener) == 1
+        assert not [record for record in caplog.records if "wake-up not sent" in record.getMessage()]
+    finally:
+        listener.close()
+
+
+def test_an_unreachable_server_loses_only_the_wake_up(
+    store: EventStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.append("order-1", [placed()])
+    terminate_wake_up_connections(store)
+    # New connections cannot be made, but the append's pooled one still works.
+    monkeypatch.setattr("eventstore.wakeup.make_conninfo", lambda **_: "host=127.0.0.1 port=1 connect_timeout=1")
+    with caplog.at_level(logging.WARNING, logger="eventstore"):
+        result = store.append("order-2", [placed()])
+    assert result.stream_version == 1
+    assert any("wake-up not sent" in record.getMessage() for record in caplog.records)
+
+
+def _append_in_child(store: EventStore, stream_id: str) -> None:
+    # SQLAlchemy's rule for forks: drop the inherited pool without closing the parent's connections.
+    store.engine.dispose(close=False)
+    store.append(stream_id, [placed()])
+
+
+def test_a_forked_process_opens_its_own_wake_up_connection(store: EventStore) -> None:
+    store.append("order-1", [placed()])  # the parent's wake-up connection is open now
+    listener = listen(store)
+    try:
+        context = multiprocessing.get_context("fork")
+        child = context.Process(target=_append_in_child, args=(store, "order-2"))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert wake_ups(listener) == 1
+        # The child left the parent's connection alone.
+        store.append("order-3", [placed()])
+        assert wake_ups(listener) == 1
+    finally:
+        listener.close()
