@@ -468,6 +468,7 @@ class EventStore:
             )
         prepared = _PreparedAppend(stream_id, expected)
         seen_ids: set[uuid.UUID] = set()
+        checked_types: set[str] = set()
         for index, event in enumerate(events):
             field = f"events[{index}]"
             if not isinstance(event, NewEvent):
@@ -476,10 +477,15 @@ class EventStore:
                 raise InvalidEvent(f"{field}.event_id", f"must be a UUID, got {event.event_id!r}")
             if event.event_id in seen_ids:
                 raise InvalidEvent(f"{field}.event_id", f"{event.event_id} appears twice in this append")
-            _check_text(f"{field}.type", event.type, MAX_EVENT_TYPE_LENGTH)
+            if type(event.type) is not str or event.type not in checked_types:
+                _check_text(f"{field}.type", event.type, MAX_EVENT_TYPE_LENGTH)
+                checked_types.add(event.type)
             data = _encode_object(f"{field}.data", event.data)
-            metadata = _encode_object(f"{field}.metadata", {} if event.metadata is None else event.metadata)
-            size = len(data.encode()) + len(metadata.encode())
+            if event.metadata is None or (type(event.metadata) is dict and not event.metadata):
+                metadata = "{}"
+            else:
+                metadata = _encode_object(f"{field}.metadata", event.metadata)
+            size = _utf8_length(data) + _utf8_length(metadata)
             if size > self.max_event_bytes:
                 raise InvalidEvent(field, f"{size} bytes of JSON; the limit is max_event_bytes={self.max_event_bytes}")
             prepared.add(event.event_id, event.type, data, metadata)
@@ -603,6 +609,11 @@ def _check_names(field: str, values: Iterable[str] | None, max_length: int) -> l
     return names or None
 
 
+# Compact UTF-8 JSON without NaN/Infinity; one encoder for all (json.dumps
+# with options builds a new one per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _encode_object(field: str, value: object) -> str:
     """JSON text for a data/metadata object that round-trips exactly through jsonb.
 
@@ -614,16 +625,17 @@ def _encode_object(field: str, value: object) -> str:
         raise InvalidEvent(field, f"must be a JSON object (a dict), got {type(value).__name__}")
     exponent_floats = _check_structure(field, value)
     try:
-        if exponent_floats:
-            text = _dumps_with_plain_floats(value)
-        else:
-            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _dumps_with_plain_floats(value) if exponent_floats else _JSON.encode(value)
     except ValueError as error:  # e.g. an integer too long to print
         raise InvalidEvent(field, str(error)) from error
-    # json.dumps escapes NUL as \u0000; a lone surrogate fails to encode.
-    if "\\u0000" in text or not _encodes_as_utf8(text):
+    # The encoder escapes NUL as \u0000; a lone surrogate fails to encode.
+    if "\\u0000" in text or not (text.isascii() or _encodes_as_utf8(text)):
         _check_strings(field, value)
     return text
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _check_structure(field: str, value: dict[Any, Any]) -> bool:
@@ -631,6 +643,9 @@ def _check_structure(field: str, value: dict[Any, Any]) -> bool:
 
     Paths are kept as ``(parent, key)`` pairs and rendered only for an error.
     """
+    # Most events are flat objects of strings, integers, booleans and nulls.
+    if all(type(key) is str and type(child) in _SCALARS for key, child in value.items()):
+        return False
     exponent_floats = False
     stack: list[tuple[object, int, Any]] = [(value, 1, None)]
     while stack:
@@ -657,6 +672,9 @@ def _check_structure(field: str, value: dict[Any, Any]) -> bool:
         else:
             raise InvalidEvent(_render_path(field, path), f"{type(item).__name__} is not a JSON type")
     return exponent_floats
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _render_path(field: str, path: Any) -> str:
@@ -711,7 +729,7 @@ def _dumps_with_plain_floats(value: dict[str, Any]) -> str:
             return f"\x00{len(plain) - 1}"
         return item
 
-    text = json.dumps(swap(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _JSON.encode(swap(value))
     for index, literal in enumerate(plain):
         text = text.replace(f'"\\u0000{index}"', literal, 1)
     return text

@@ -41,6 +41,7 @@ NOTIFY_CHANNEL = "eventstore_events_v1"
 """The channel workers LISTEN on: one wake-up per committed append."""
 
 _WAKE_UP = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')".encode()
+_PREPARED = b"eventstore_wake_up"  # parsed and planned once per connection
 
 
 class WakeUps:
@@ -66,7 +67,7 @@ class WakeUps:
         with self._lock:
             for attempt in (1, 2):
                 try:
-                    self._ready().send_query(_WAKE_UP)
+                    self._ready().send_query_prepared(_PREPARED, None)
                     self._pending = True
                     return
                 except (psycopg.Error, OSError) as error:
@@ -106,7 +107,8 @@ class WakeUps:
                 if option.val is not None and option.keyword != b"replication"
             }
         connection = pq.PGconn.connect(make_conninfo(**options).encode())
-        if connection.status != pq.ConnStatus.OK:
+        prepared = connection.prepare(_PREPARED, _WAKE_UP) if connection.status == pq.ConnStatus.OK else None
+        if prepared is None or prepared.status != pq.ExecStatus.COMMAND_OK:
             message = _message(connection.error_message)
             connection.finish()
             raise psycopg.OperationalError(message)
