@@ -32,6 +32,7 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import Engine
 
 from eventstore.database import autocommit_driver
+from eventstore.errors import EventStoreError
 
 __all__ = ["NOTIFY_CHANNEL", "WakeUps"]
 
@@ -70,15 +71,10 @@ class WakeUps:
                     self._ready().send_query_prepared(_PREPARED, None)
                     self._pending = True
                     return
-                except (psycopg.Error, OSError) as error:
+                except (psycopg.Error, OSError, EventStoreError) as error:
                     self._discard()
                     if attempt == 2:
                         logger.warning("wake-up not sent (%s); workers find the events on their timer", error)
-
-    def close(self) -> None:
-        """Close the connection (a later :meth:`send` opens a new one)."""
-        with self._lock:
-            self._discard()
 
     def _ready(self) -> pq.abc.PGconn:
         if self._connection is None or self._pid != os.getpid():
