@@ -124,17 +124,37 @@ def domain_projections() -> list[Projection]:
 
 
 def _with_ledger(projection: Projection) -> Projection:
-    """Make ``projection`` also record a ledger row per processed event, in its batch transaction."""
-    original = projection.apply
+    """Make ``projection`` also record a ledger row per processed event, in its batch transaction.
+
+    The worker calls ``apply_batch`` once per batch when the class overrides it, else ``apply`` per event:
+    the wrapper goes around the one it calls.
+    """
     pid = os.getpid()
 
-    def apply(self: Projection, event: Any, conn: sa.Connection) -> bool:
-        conn.execute(
-            _RECORD,
-            {"name": self.name, "position": event.global_position, "event_id": event.event_id,
+    def record(name: str, events: list[Any], conn: sa.Connection) -> None:
+        rows = [
+            {"name": name, "position": event.global_position, "event_id": event.event_id,
              "stream_id": event.stream_id, "version": event.stream_version, "pid": pid,
-             "event_order": str(event.transaction_order)},
-        )  # fmt: skip
+             "event_order": str(event.transaction_order)}
+            for event in events
+        ]  # fmt: skip
+        if rows:
+            conn.execute(_RECORD, rows)
+
+    if type(projection).apply_batch is not Projection.apply_batch:
+        original_batch = projection.apply_batch
+
+        def apply_batch(self: Projection, events: list[Any], conn: sa.Connection) -> None:
+            record(self.name, events, conn)
+            original_batch(events, conn)
+
+        projection.apply_batch = types.MethodType(apply_batch, projection)  # type: ignore[method-assign]
+        return projection
+
+    original = projection.apply
+
+    def apply(self: Projection, event: Any, conn: sa.Connection) -> bool:
+        record(self.name, [event], conn)
         return bool(original(event, conn))
 
     projection.apply = types.MethodType(apply, projection)  # type: ignore[method-assign]
