@@ -54,6 +54,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from eventstore.appender import NOTIFY_CHANNEL, AppendConnections
 from eventstore.database import autocommit_driver, create_engine, translate_driver_errors
 from eventstore.errors import (
     DatabaseUnavailable,
@@ -63,7 +64,6 @@ from eventstore.errors import (
     WrongExpectedVersion,
 )
 from eventstore.types import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
-from eventstore.wakeup import NOTIFY_CHANNEL, WakeUps
 
 __all__ = ["NOTIFY_CHANNEL", "EventStore"]
 
@@ -98,7 +98,7 @@ _APPEND = """
     ), head AS (
         SELECT coalesce((SELECT stream_version FROM last), 0) AS version,
                greatest(pg_current_xact_id(), (SELECT transaction_order FROM last)) AS transaction_order,
-               -- 'off' silences the NOTIFY trigger for this transaction (see eventstore/wakeup.py).
+               -- 'off' silences the NOTIFY trigger for this transaction (see eventstore/appender.py).
                set_config('eventstore.notify', %(trigger_notifies)s, true) AS trigger_notifies
     )
     INSERT INTO events (transaction_order, event_id, stream_id, stream_version, event_type, data, metadata)
@@ -149,7 +149,7 @@ class EventStore:
 
     Every append wakes the projection workers (a NOTIFY on
     :data:`NOTIFY_CHANNEL`, sent just after the commit, see
-    :mod:`eventstore.wakeup`). ``notify=False`` sends none, for bulk imports
+    :mod:`eventstore.appender`). ``notify=False`` sends none, for bulk imports
     nobody needs to see live: workers then find the events on their fallback
     timer.
     """
@@ -168,7 +168,7 @@ class EventStore:
         self.max_event_bytes = max_event_bytes
         self.read_batch_size = read_batch_size
         self.notify = notify
-        self._wake_ups = WakeUps(self.engine)
+        self._append_connections = AppendConnections(self.engine)
 
     def __repr__(self) -> str:
         return f"EventStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -252,20 +252,21 @@ class EventStore:
         """Insert as one autocommit statement (one round trip), then send the wake-up.
 
         The wake-up goes out after the commit, without waiting (see
-        eventstore/wakeup.py); the trigger stands aside for this transaction.
+        eventstore/appender.py); the trigger stands aside for this transaction.
         """
         parameters = {**prepared.parameters, "trigger_notifies": "off"}
         for attempt in (1, 2):
             try:
-                with autocommit_driver(self.engine) as driver:
+                with self._append_connections.connection() as connection:
+                    driver = connection.driver
                     if queue:
                         with driver.transaction():
                             driver.execute(_STREAM_LOCK, {"stream_id": prepared.stream_id})
                             rows = driver.execute(_APPEND, parameters).fetchall()
                     else:
                         rows = driver.execute(_APPEND, parameters).fetchall()
-                if rows and self.notify:
-                    self._wake_ups.send()
+                    if rows and self.notify:
+                        connection.send_wake_up()
                 return rows
             except DatabaseUnavailable:
                 # A dropped connection is safe to retry once: event ids make

@@ -7,6 +7,7 @@ derived from its own database name and drops its roles at the end.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -130,6 +131,20 @@ def test_writer_appends_and_reads_but_cannot_rewrite_or_touch_checkpoints(databa
 
 
 # -- projector --------------------------------------------------------------------
+
+
+def test_a_writer_that_may_not_notify_still_appends(
+    database_url: str, users: Users, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The wake-up is a hint sent after the commit: failing it must not fail the append.
+    _execute(database_url, "REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC")
+    store = EventStore(users.writer_url)
+    with caplog.at_level(logging.WARNING, logger="eventstore"):
+        store.append("order-1", [NewEvent("OrderPlaced", {})])
+        store.append("order-2", [NewEvent("OrderPlaced", {})])  # collects the first wake-up's error
+    assert [event.stream_id for event in store.read_all()] == ["order-1", "order-2"]
+    assert any("wake-up failed" in r.getMessage() and "permission denied" in r.getMessage() for r in caplog.records)
+    store.engine.dispose()
 
 
 def test_projector_reads_events_writes_checkpoints_and_owns_its_read_models(database_url: str, users: Users) -> None:

@@ -1,0 +1,164 @@
+"""The append hot path's connections, and the wake-up each append sends after its commit.
+
+Why the wake-up is not a NOTIFY inside the appending transaction (as the
+``events_notify_v2`` trigger does for other writers): PostgreSQL serialises
+notifying commits. A transaction that notified holds a database-wide lock from
+just before its commit until after the commit's WAL flush
+(https://www.postgresql.org/docs/current/sql-notify.html; ``PreCommit_Notify``
+in ``src/backend/commands/async.c``), so concurrent notifying appenders flush
+one by one instead of sharing flushes (group commit).
+
+So the store's own appends silence the trigger for their transaction and, once
+the commit has returned, send ``pg_notify`` on the *same* connection as a
+separate transaction that writes nothing (no flush, so the lock is held for
+microseconds). The query is only sent; its result is collected when the
+connection is next used, so an append waits for no second round trip. That is
+why these connections are the store's own (a small free list of autocommit
+psycopg connections, opened through the engine so its URL, ``connect_args``
+and connect events apply) rather than the engine's pool: a pooled connection
+must be idle when it goes back.
+
+A wake-up is only a hint (workers re-read from their checkpoint on a timer
+too): if one cannot be sent, the append still stands and a warning is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from sqlalchemy.engine import Engine
+
+from eventstore.database import translate_driver_errors
+
+__all__ = ["NOTIFY_CHANNEL", "AppendConnections"]
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "eventstore_events_v1"
+"""The channel workers LISTEN on: one wake-up per committed append."""
+
+_WAKE_UP = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')".encode()
+_PREPARED = b"eventstore_wake_up"  # parsed and planned once per connection
+
+# Connections inherited over fork belong to the parent process: a child keeps
+# them referenced (never closed, which would end the parent's sessions).
+_INHERITED: list[Any] = []
+
+
+class AppendConnections:
+    """Autocommit psycopg connections for appends, at most ``max_idle`` kept open between appends.
+
+    Thread-safe: each append takes a connection of its own. After a fork the
+    child opens new ones.
+    """
+
+    def __init__(self, engine: Engine, *, max_idle: int = 4) -> None:
+        self._engine = engine
+        self._max_idle = max_idle
+        self._lock = threading.Lock()
+        self._idle: list[_AppendConnection] = []
+        weakref.finalize(self, _close_all, self._idle)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[_AppendConnection]:
+        """An idle connection (or a new one); errors translated, a broken connection dropped."""
+        with translate_driver_errors(self._engine):
+            connection = self._take()
+            try:
+                yield connection
+            except BaseException:
+                if connection.driver.closed or connection.driver.pgconn.status != pq.ConnStatus.OK:
+                    connection.driver.close()
+                    raise
+                self._give_back(connection)
+                raise
+            self._give_back(connection)
+
+    def _take(self) -> _AppendConnection:
+        with self._lock:
+            while self._idle:
+                connection = self._idle.pop()
+                if connection.pid != os.getpid():  # forked: the parent's, not ours
+                    _INHERITED.append(connection)
+                elif connection.collect_wake_up():
+                    return connection
+        pooled = self._engine.raw_connection()
+        driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
+        pooled.detach()  # ours now: the pool neither resets nor closes it
+        driver.autocommit = True
+        return _AppendConnection(driver)
+
+    def _give_back(self, connection: _AppendConnection) -> None:
+        with self._lock:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+
+class _AppendConnection:
+    """One autocommit connection and the state of its last wake-up."""
+
+    def __init__(self, driver: psycopg.Connection[Any]) -> None:
+        self.driver = driver
+        self.pid = os.getpid()
+        self._prepared = False
+        self._pending = False
+
+    def send_wake_up(self) -> None:
+        """Send ``pg_notify`` on :data:`NOTIFY_CHANNEL` in its own transaction; do not wait for it."""
+        pgconn = self.driver.pgconn
+        try:
+            if not self._prepared:
+                result = pgconn.prepare(_PREPARED, _WAKE_UP)
+                if result.status != pq.ExecStatus.COMMAND_OK:
+                    raise psycopg.OperationalError(_message(result.error_message))
+                self._prepared = True
+            pgconn.send_query_prepared(_PREPARED, None)
+            self._pending = True
+        except (psycopg.Error, OSError) as error:
+            logger.warning("wake-up not sent (%s); workers find the events on their timer", error)
+
+    def collect_wake_up(self) -> bool:
+        """Read the last wake-up's result; False (connection closed) if the connection is unusable."""
+        pgconn = self.driver.pgconn
+        try:
+            while self._pending and (result := pgconn.get_result()) is not None:
+                if result.status != pq.ExecStatus.TUPLES_OK:
+                    logger.warning(
+                        "a wake-up failed (%s); workers find the events on their timer",
+                        _message(result.error_message),
+                    )
+            self._pending = False
+            # Read what the server sent while the connection was idle: a
+            # terminated backend's goodbye marks the connection bad here.
+            pgconn.consume_input()
+        except (psycopg.Error, OSError):
+            pass
+        if pgconn.status == pq.ConnStatus.OK and pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            return True
+        self.close()
+        return False
+
+    def close(self) -> None:
+        self.driver.close()
+
+
+def _close_all(idle: list[_AppendConnection]) -> None:
+    for connection in idle:
+        if connection.pid == os.getpid():
+            connection.close()
+        else:
+            _INHERITED.append(connection)
+
+
+def _message(raw: bytes) -> str:
+    return raw.decode(errors="replace").strip() or "connection failed"
