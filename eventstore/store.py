@@ -104,9 +104,10 @@ _APPEND = """
     INSERT INTO events (transaction_order, event_id, stream_id, stream_version, event_type, data, metadata)
     SELECT head.transaction_order, e.event_id, %(stream_id)s, head.version + e.ordinal,
            e.event_type, CAST(e.data AS jsonb), CAST(e.metadata AS jsonb)
-    FROM head, unnest(CAST(%(event_ids)b AS uuid[]), CAST(%(event_types)b AS text[]),
-                      CAST(%(datas)b AS text[]), CAST(%(metadatas)b AS text[]))
-               WITH ORDINALITY AS e(event_id, event_type, data, metadata, ordinal)
+    FROM unnest(CAST(%(event_ids)b AS uuid[]), CAST(%(event_types)b AS text[]),
+                CAST(%(datas)b AS text[]), CAST(%(metadatas)b AS text[]))
+         WITH ORDINALITY AS e(event_id, event_type, data, metadata, ordinal)
+         CROSS JOIN head  -- in this order the events stream through instead of being buffered
     WHERE CASE CAST(%(expectation)s AS text)
               WHEN 'any' THEN true
               WHEN 'exists' THEN head.version > 0
