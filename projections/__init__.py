@@ -6,8 +6,10 @@
 - :class:`HighValueOrders` (``high_value_orders``): orders above a threshold.
 - :class:`Ledger`: one row per consumed event, for exactly-once tests.
 
-``ALL`` holds one instance of each order projection; :func:`verify` compares a
-read model with a recomputation from the events.
+The four order projections apply a whole batch of events with a few
+set-based statements (:mod:`projections.batching`); the ledger writes one row
+per event on purpose. ``ALL`` holds one instance of each order projection;
+:func:`verify` compares a read model with a recomputation from the events.
 """
 
 from projections.customers import CustomerOrders, HighValueOrders

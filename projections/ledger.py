@@ -5,6 +5,10 @@ a repeated delivery cannot be stored twice (it would fail the batch and show
 up as a poison-event failure), and a skipped one is a missing row. Each row
 records which process applied it (``applied_by``, ``host:pid``) and in which
 order (``applied_order``), so tests can check failover and global order.
+
+It overrides :meth:`~eventstore.Projection.apply`, not ``apply_batch``: the
+runner then applies its events one at a time, which is the path the
+poison-event and failover tests exercise with it.
 """
 
 from __future__ import annotations

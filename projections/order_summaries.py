@@ -1,12 +1,17 @@
-"""``order_summaries``: one row per order with its customer, total, day and current status."""
+"""``order_summaries``: one row per order with its customer, total, day and current status.
+
+The table is also the projection's state: a batch inserts its new orders and
+updates the orders whose status moved (see :mod:`projections.batching`).
+"""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from eventstore import Projection, RecordedEvent, handles
-from projections.orders import CATEGORY, ORDER_CANCELLED, ORDER_PAID, ORDER_PLACED, ORDER_SHIPPED, TRANSITIONS, day_of
+from eventstore import RecordedEvent
+from projections.batching import Order, OrderBatch, OrderProjection, bigint, columns
+from projections.orders import day_of
 
 __all__ = ["OrderSummaries"]
 
@@ -23,22 +28,32 @@ _CREATE = sa.text(
     )
     """
 )
-_PLACE = sa.text(
-    "INSERT INTO order_summaries (order_id, stream_id, customer_id, status, total, placed_on, last_position) "
-    "VALUES (:order_id, :stream_id, :customer_id, 'placed', :total, :placed_on, :position) "
-    "ON CONFLICT (order_id) DO NOTHING"
+_LOAD = sa.text("SELECT order_id, status FROM order_summaries WHERE order_id = ANY(CAST(:ids AS text[]))")
+_INSERT_COLUMNS = ("order_id", "stream_id", "customer_id", "status", "total", "placed_on", "last_position")
+_INSERT = sa.text(
+    """
+    INSERT INTO order_summaries (order_id, stream_id, customer_id, status, total, placed_on, last_position)
+    SELECT * FROM unnest(CAST(:order_id AS text[]), CAST(:stream_id AS text[]), CAST(:customer_id AS text[]),
+                         CAST(:status AS text[]), CAST(:total AS bigint[]), CAST(:placed_on AS date[]),
+                         CAST(:last_position AS bigint[]))
+    """
 )
-_TRANSITION = sa.text(
-    "UPDATE order_summaries SET status = :to, last_position = :position "
-    "WHERE order_id = :order_id AND status = ANY(CAST(:from AS text[]))"
+_UPDATE_COLUMNS = ("order_id", "status", "last_position")
+_UPDATE = sa.text(
+    """
+    UPDATE order_summaries o SET status = u.status, last_position = u.last_position
+    FROM unnest(CAST(:order_id AS text[]), CAST(:status AS text[]), CAST(:last_position AS bigint[]))
+         AS u(order_id, status, last_position)
+    WHERE o.order_id = u.order_id
+    """
 )
 
 
-class OrderSummaries(Projection):
+class OrderSummaries(OrderProjection):
     """Orders with their current status; an order's first ``OrderPlaced`` wins."""
 
     name = "order_summaries"
-    categories = (CATEGORY,)
+    load = _LOAD
 
     def setup(self, conn: Connection) -> None:
         """Create ``order_summaries``."""
@@ -52,32 +67,22 @@ class OrderSummaries(Projection):
         """Delete the order of ``stream_id``."""
         conn.execute(sa.text("DELETE FROM order_summaries WHERE stream_id = :stream_id"), {"stream_id": stream_id})
 
-    @handles(ORDER_PLACED)
-    def placed(self, event: RecordedEvent, conn: Connection) -> None:
-        """Insert the order as placed."""
+    def place(self, event: RecordedEvent) -> tuple[str, Order]:
+        """Every ``OrderPlaced`` is an order, placed at its position."""
         data = event.data
-        conn.execute(
-            _PLACE,
-            {
-                "order_id": str(data["order_id"]),
-                "stream_id": event.stream_id,
-                "customer_id": str(data["customer_id"]),
-                "total": int(data["total"]),
-                "placed_on": day_of(data),
-                "position": event.global_position,
-            },
-        )
+        order_id, customer_id, total = str(data["order_id"]), str(data["customer_id"]), int(data["total"])
+        day = day_of(data)
+        order = Order("placed", event.stream_id, customer_id, bigint(total), day, event.global_position)
+        return order_id, order
 
-    @handles(ORDER_PAID, ORDER_SHIPPED, ORDER_CANCELLED)
-    def transition(self, event: RecordedEvent, conn: Connection) -> None:
-        """Move the order along its life cycle (ignored from a status that does not allow it)."""
-        allowed, to = TRANSITIONS[event.type]
-        conn.execute(
-            _TRANSITION,
-            {
-                "order_id": str(event.data["order_id"]),
-                "to": to,
-                "from": list(allowed),
-                "position": event.global_position,
-            },
-        )
+    def write(self, batch: OrderBatch, conn: Connection) -> None:
+        """Insert the new orders, update the moved ones."""
+        if batch.placed:
+            new = [
+                (order_id, o.stream_id, o.customer_id, o.status, o.total, o.day, o.last_position)
+                for order_id, o in batch.placed.items()
+            ]
+            conn.execute(_INSERT, columns(_INSERT_COLUMNS, new))
+        if batch.moved:
+            moved = [(order_id, o.status, o.last_position) for order_id, o in batch.moved.items()]
+            conn.execute(_UPDATE, columns(_UPDATE_COLUMNS, moved))
