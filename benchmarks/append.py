@@ -14,11 +14,13 @@ __all__ = ["CONTENDERS", "measure_append", "prepare_targets"]
 logger = logging.getLogger(__name__)
 
 SECTION = "Append throughput (events/s, all writers together)"
-CONTENDERS = ("eventstore", "raw", "raw_global_lock", "eventstore_no_notify", "eventsourcing")
+CONTENDERS = ("eventstore", "raw", "raw_global_lock", "raw_notify_in_commit", "eventstore_no_notify", "eventsourcing")
 _COMPARE_BY_CONTENDER = {
     "eventstore": ("raw", "eventsourcing", "eventstore_no_notify"),
     # The gap technique not chosen (a writer lock for whole transactions), for the same ratio to raw.
     "raw_global_lock": ("raw",),
+    # The wake-up design not chosen (NOTIFY inside the writing transaction, as a trigger does).
+    "raw_notify_in_commit": ("raw",),
 }
 
 
@@ -29,6 +31,8 @@ def prepare_targets(server: BenchServer) -> Targets:
     server.create_database("bench_raw")
     server.execute("bench_raw", "ALTER TABLE events DISABLE TRIGGER events_notify_v2")
     server.execute("bench_raw", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
+    server.create_database("bench_raw_notify")  # the NOTIFY trigger on: it fires for raw inserts
+    server.execute("bench_raw_notify", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
     server.create_database("bench_eventsourcing", migrated=False)
     url = server.local
     env = environment("127.0.0.1", url.port, "bench_eventsourcing")
@@ -37,6 +41,7 @@ def prepare_targets(server: BenchServer) -> Targets:
         eventstore=server.url("bench_eventstore"),
         eventstore_no_notify=server.url("bench_no_notify"),
         raw=server.url("bench_raw"),
+        raw_notify_in_commit=server.url("bench_raw_notify"),
         eventsourcing={**env, "CREATE_TABLE": "false"},
     )
 

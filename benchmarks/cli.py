@@ -35,7 +35,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--rebuild-events",
         type=int,
         default=None,
-        help="events for the rebuild measurement (default: the mode's, 100,000 in full mode)",
+        help="events for the rebuild measurement (default: the mode's, 1,000,000 in full mode)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every sample")
     arguments = parser.parse_args(argv)

@@ -22,8 +22,7 @@ class Plan:
     catchup_events: int = 1_000_000
     catchup_repeats: int = 2
     eventsourcing_catchup_events: int = 50_000
-    rebuild_events: int = 100_000
-    """Not 1,000,000: the demo projections rebuild at 1-5k events/s here, see docs/performance.md."""
+    rebuild_events: int = 1_000_000
     rebuild_repeats: int = 1
 
 

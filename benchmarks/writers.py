@@ -15,6 +15,8 @@ Contenders, each writing new streams (``expected_version=NO_STREAM``) of 1 or
 - ``raw``: one autocommit psycopg ``INSERT ... SELECT FROM unnest(...)`` per append into an
   identical ``events`` table without triggers and without the gap rule's
   per-stream look-up: the physical limit.
+- ``raw_notify_in_commit``: the raw insert into a table whose NOTIFY trigger
+  fires, i.e. notifying inside the writing transaction (the design not chosen).
 - ``eventsourcing``: the eventsourcing library saving a new aggregate with the
   same number of events.
 """
@@ -62,6 +64,7 @@ class Targets:
     eventstore: str
     eventstore_no_notify: str
     raw: str
+    raw_notify_in_commit: str
     eventsourcing: dict[str, str]
 
 
@@ -88,19 +91,18 @@ class _Writer:
             from eventstore import EventStore
 
             return EventStore(getattr(self.targets, contender), notify=contender == "eventstore")
-        if contender in ("raw", "raw_global_lock"):
+        if contender in ("raw", "raw_global_lock", "raw_notify_in_commit"):
             import psycopg
 
-            return psycopg.connect(
-                self.targets.raw.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True
-            )
+            url = self.targets.raw_notify_in_commit if contender == "raw_notify_in_commit" else self.targets.raw
+            return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True)
         if contender == "eventsourcing":
             from benchmarks.baseline_eventsourcing import BenchApplication
 
             return BenchApplication(env=self.targets.eventsourcing)
         raise ValueError(
-            f"unknown contender {contender!r}; expected eventstore, eventstore_no_notify, raw, raw_global_lock "
-            "or eventsourcing"
+            f"unknown contender {contender!r}; expected eventstore, eventstore_no_notify, raw, raw_global_lock, "
+            "raw_notify_in_commit or eventsourcing"
         )
 
     def append(self, contender: str, events: int) -> None:
@@ -111,7 +113,7 @@ class _Writer:
             client.append(
                 self.stream_id(), [NewEvent("BenchEvent", PAYLOAD) for _ in range(events)], expected_version=NO_STREAM
             )
-        elif contender in ("raw", "raw_global_lock"):
+        elif contender in ("raw", "raw_global_lock", "raw_notify_in_commit"):
             client.execute(
                 # raw_global_lock: the gap technique we did not choose.
                 _RAW_INSERT_GLOBAL_LOCK if contender == "raw_global_lock" else _RAW_INSERT,

@@ -35,7 +35,7 @@ def test_quick_run_writes_the_markdown_table_and_the_raw_json(tmp_path: Path) ->
     rows = {(row["section"].split(" ")[0], row["case"], row["contender"]): row for row in results["rows"]}
     for writers in ("1 writer", "4 writers", "8 writers"):
         for events in ("1 event/append", "10 events/append"):
-            for contender in ("eventstore", "raw", "eventstore_no_notify", "eventsourcing"):
+            for contender in ("eventstore", "raw", "raw_notify_in_commit", "eventstore_no_notify", "eventsourcing"):
                 row = rows[("Append", f"{writers}, {events}", contender)]
                 assert len(row["samples"]) == 2  # two interleaved rounds
                 assert all(sample > 0 for sample in row["samples"])
