@@ -91,7 +91,7 @@ _COLUMNS = (
 # psycopg's named style (%b: arrays in binary, which needs no per-element
 # escaping): the same text runs on a raw psycopg connection (our
 # own one-statement transaction) and through Connection.exec_driver_sql.
-_APPEND = """
+_APPEND_TEMPLATE = """
     WITH last AS (
         SELECT stream_version, transaction_order FROM events
         WHERE stream_id = %(stream_id)s ORDER BY stream_version DESC LIMIT 1
@@ -99,7 +99,7 @@ _APPEND = """
         SELECT coalesce((SELECT stream_version FROM last), 0) AS version,
                greatest(pg_current_xact_id(), (SELECT transaction_order FROM last)) AS transaction_order,
                -- 'off' silences the NOTIFY trigger for this transaction (see eventstore/appender.py).
-               set_config('eventstore.notify', %(trigger_notifies)s, true) AS trigger_notifies
+               set_config('eventstore.notify', 'TRIGGER_NOTIFIES', true) AS trigger_notifies
     )
     INSERT INTO events (transaction_order, event_id, stream_id, stream_version, event_type, data, metadata)
     SELECT head.transaction_order, e.event_id, %(stream_id)s, head.version + e.ordinal,
@@ -108,13 +108,16 @@ _APPEND = """
                 CAST(%(datas)b AS text[]), CAST(%(metadatas)b AS text[]))
          WITH ORDINALITY AS e(event_id, event_type, data, metadata, ordinal)
          CROSS JOIN head  -- in this order the events stream through instead of being buffered
-    WHERE CASE CAST(%(expectation)s AS text)
-              WHEN 'any' THEN true
-              WHEN 'exists' THEN head.version > 0
+    WHERE CASE CAST(%(expected)s AS integer)
+              WHEN -1 THEN true                   -- ANY
+              WHEN -2 THEN head.version > 0       -- STREAM_EXISTS
               ELSE head.version = CAST(%(expected)s AS integer)
           END
     RETURNING global_position, stream_version
 """
+# By the NOTIFY trigger's setting for the transaction: 'on' (it notifies at
+# commit) or 'off' (the appender wakes workers itself, or nobody does).
+_APPEND = {setting: _APPEND_TEMPLATE.replace("TRIGGER_NOTIFIES", setting) for setting in ("on", "off")}
 
 _STREAM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('eventstore:stream:' || %(stream_id)s, 0))"
 
@@ -246,8 +249,8 @@ class EventStore:
             # so that the insert's snapshot (READ COMMITTED) is taken after the wait.
             connection.exec_driver_sql(_STREAM_LOCK, {"stream_id": prepared.stream_id})
         # The caller commits, so the trigger sends the wake-up then.
-        parameters = {**prepared.parameters, "trigger_notifies": "on" if self.notify else "off"}
-        return list(connection.exec_driver_sql(_APPEND, parameters).all())
+        statement = _APPEND["on" if self.notify else "off"]
+        return list(connection.exec_driver_sql(statement, prepared.parameters).all())
 
     def _insert_in_own_transaction(self, prepared: _PreparedAppend, *, queue: bool) -> list[Any]:
         """Insert as one autocommit statement (one round trip), then send the wake-up.
@@ -255,7 +258,7 @@ class EventStore:
         The wake-up goes out after the commit, without waiting (see
         eventstore/appender.py); the trigger stands aside for this transaction.
         """
-        parameters = {**prepared.parameters, "trigger_notifies": "off"}
+        parameters = prepared.parameters
         for attempt in (1, 2):
             try:
                 with self._append_connections.connection() as connection:
@@ -263,9 +266,9 @@ class EventStore:
                     if queue:
                         with driver.transaction():
                             driver.execute(_STREAM_LOCK, {"stream_id": prepared.stream_id})
-                            rows = driver.execute(_APPEND, parameters).fetchall()
+                            rows = driver.execute(_APPEND["off"], parameters).fetchall()
                     else:
-                        rows = driver.execute(_APPEND, parameters).fetchall()
+                        rows = driver.execute(_APPEND["off"], parameters).fetchall()
                     if rows and self.notify:
                         connection.send_wake_up()
                 return rows
@@ -514,11 +517,11 @@ class _PreparedAppend:
 
     @property
     def parameters(self) -> dict[str, Any]:
-        expectation, expected = "version", 0
+        expected = 0  # NO_STREAM
         if self.expected is ANY:
-            expectation = "any"
+            expected = -1
         elif self.expected is STREAM_EXISTS:
-            expectation = "exists"
+            expected = -2
         elif isinstance(self.expected, int):
             expected = self.expected
         return {
@@ -527,7 +530,6 @@ class _PreparedAppend:
             "event_types": self.event_types,
             "datas": self.datas,
             "metadatas": self.metadatas,
-            "expectation": expectation,
             "expected": expected,
         }
 
