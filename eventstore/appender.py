@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 
 from eventstore.database import translate_driver_errors
 
-__all__ = ["NOTIFY_CHANNEL", "AppendConnections"]
+__all__ = ["NOTIFY_CHANNEL", "AppendConnections", "append_connections"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,23 @@ NOTIFY_CHANNEL = "eventstore_events_v1"
 _WAKE_UP = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')".encode()
 _PREPARED = b"eventstore_wake_up"  # parsed and planned once per connection
 
+# One set of append connections per engine, shared by every EventStore on it
+# (so a store made per request reuses them, as it reuses the engine's pool).
+_BY_ENGINE: weakref.WeakKeyDictionary[Engine, AppendConnections] = weakref.WeakKeyDictionary()
+_BY_ENGINE_LOCK = threading.Lock()
+
 # Connections inherited over fork belong to the parent process: a child keeps
 # them referenced (never closed, which would end the parent's sessions).
 _INHERITED: list[Any] = []
+
+
+def append_connections(engine: Engine) -> AppendConnections:
+    """The append connections of ``engine``, created on first use; closed when the engine is collected."""
+    with _BY_ENGINE_LOCK:
+        connections = _BY_ENGINE.get(engine)
+        if connections is None:
+            connections = _BY_ENGINE[engine] = AppendConnections(engine)
+        return connections
 
 
 class AppendConnections:
@@ -61,7 +75,8 @@ class AppendConnections:
     """
 
     def __init__(self, engine: Engine, *, max_idle: int = 4) -> None:
-        self._engine = engine
+        # Weak: the engine's entry in _BY_ENGINE must not keep the engine alive.
+        self._engine = weakref.ref(engine)
         self._max_idle = max_idle
         self._lock = threading.Lock()
         self._idle: list[_AppendConnection] = []
@@ -70,8 +85,11 @@ class AppendConnections:
     @contextlib.contextmanager
     def connection(self) -> Iterator[_AppendConnection]:
         """An idle connection (or a new one); errors translated, a broken connection dropped."""
-        with translate_driver_errors(self._engine):
-            connection = self._take()
+        engine = self._engine()
+        if engine is None:  # pragma: no cover - a store holds its engine
+            raise RuntimeError("the engine of these append connections was garbage-collected")
+        with translate_driver_errors(engine):
+            connection = self._take(engine)
             try:
                 yield connection
             except BaseException:
@@ -82,7 +100,7 @@ class AppendConnections:
                 raise
             self._give_back(connection)
 
-    def _take(self) -> _AppendConnection:
+    def _take(self, engine: Engine) -> _AppendConnection:
         with self._lock:
             while self._idle:
                 connection = self._idle.pop()
@@ -90,7 +108,7 @@ class AppendConnections:
                     _INHERITED.append(connection)
                 elif connection.collect_wake_up():
                     return connection
-        pooled = self._engine.raw_connection()
+        pooled = engine.raw_connection()
         driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
         pooled.detach()  # ours now: the pool neither resets nor closes it
         driver.autocommit = True

@@ -54,7 +54,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from eventstore.appender import NOTIFY_CHANNEL, AppendConnections
+from eventstore.appender import NOTIFY_CHANNEL, append_connections
 from eventstore.database import autocommit_driver, create_engine, translate_driver_errors
 from eventstore.errors import (
     DatabaseUnavailable,
@@ -156,6 +156,11 @@ class EventStore:
     :mod:`eventstore.appender`). ``notify=False`` sends none, for bulk imports
     nobody needs to see live: workers then find the events on their fallback
     timer.
+
+    Appends run on a few autocommit connections of the store's own (at most 4
+    kept open between appends, opened through the engine and shared by every
+    store on the same engine), outside the engine's pool: see
+    :mod:`eventstore.appender` for why.
     """
 
     def __init__(
@@ -172,7 +177,7 @@ class EventStore:
         self.max_event_bytes = max_event_bytes
         self.read_batch_size = read_batch_size
         self.notify = notify
-        self._append_connections = AppendConnections(self.engine)
+        self._append_connections = append_connections(self.engine)
 
     def __repr__(self) -> str:
         return f"EventStore({self.engine.url.render_as_string(hide_password=True)!r})"

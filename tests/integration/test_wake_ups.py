@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
+import time
 
 import psycopg
 import pytest
@@ -137,3 +139,35 @@ def test_a_forked_process_opens_its_own_append_connection(store: EventStore) -> 
         assert wake_ups(listener) == 1
     finally:
         listener.close()
+
+
+def append_connection_count(engine: sa.Engine) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'SELECT pg_notify(%'"
+                )
+            ).scalar_one()
+        )
+
+
+def test_stores_on_one_engine_share_their_append_connections(engine: sa.Engine) -> None:
+    for number in range(10):  # e.g. a store made per request
+        EventStore(engine).append(f"order-{number}", [placed()])
+    assert append_connection_count(engine) == 1
+    assert len(list(EventStore(engine).read_all())) == 10
+
+
+def test_append_connections_close_with_their_engine(database_url: str, engine: sa.Engine) -> None:
+    other = sa.create_engine(database_url)
+    EventStore(other).append("order-1", [placed()])
+    assert append_connection_count(engine) == 1
+    other.dispose()
+    del other
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while append_connection_count(engine) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert append_connection_count(engine) == 0
