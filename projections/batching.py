@@ -81,13 +81,27 @@ class OrderBatch:
 class OrderProjection(Projection):
     """Base of the order projections: :meth:`apply_batch` folds a batch as described in the module docstring.
 
-    A subclass sets ``name`` and ``load`` (a ``SELECT order_id, status, ...``
+    A subclass sets ``name``, ``create``, ``tables`` and ``load`` (a ``SELECT order_id, status, ...``
     of its state rows ``WHERE order_id = ANY(:ids)``, other columns named
     like :class:`Order` fields) and implements :meth:`place` and :meth:`write`.
     """
 
     categories = (CATEGORY,)
     load: ClassVar[sa.TextClause]
+    create: ClassVar[tuple[str, ...]]
+    """``CREATE TABLE IF NOT EXISTS`` statements of the projection's tables, run by :meth:`setup`."""
+    tables: ClassVar[tuple[str, ...]]
+    """The projection's tables, emptied by :meth:`reset`."""
+
+    def setup(self, conn: Connection) -> None:
+        """Create the projection's tables (see :attr:`create`)."""
+        for statement in self.create:
+            conn.execute(sa.text(statement))
+
+    def reset(self, conn: Connection) -> None:
+        """Empty the projection's tables (see :attr:`tables`)."""
+        for table in self.tables:
+            conn.execute(sa.delete(sa.table(table)))
 
     def place(self, event: RecordedEvent) -> tuple[str, Order] | None:
         """Parse an ``OrderPlaced`` event: (order id, the new order), or None when this read model ignores it.

@@ -99,17 +99,9 @@ class CustomerOrders(OrderProjection):
     """Per customer: order counts by status group and money spent."""
 
     name = "customer_orders"
+    create = _CREATE
+    tables = ("customer_orders", "customer_order_states")
     load = _LOAD
-
-    def setup(self, conn: Connection) -> None:
-        """Create ``customer_orders`` and ``customer_order_states``."""
-        for statement in _CREATE:
-            conn.execute(sa.text(statement))
-
-    def reset(self, conn: Connection) -> None:
-        """Empty both tables."""
-        conn.execute(sa.text("DELETE FROM customer_orders"))
-        conn.execute(sa.text("DELETE FROM customer_order_states"))
 
     def forget_stream(self, stream_id: str, conn: Connection) -> None:
         """Subtract the order of ``stream_id`` from its customer."""
@@ -140,7 +132,7 @@ class CustomerOrders(OrderProjection):
         _add_customers(conn, sums)
 
 
-_HV_CREATE = sa.text(
+_HV_CREATE = (
     """
     CREATE TABLE IF NOT EXISTS high_value_orders (
         order_id    text   PRIMARY KEY,
@@ -150,7 +142,7 @@ _HV_CREATE = sa.text(
         placed_on   date   NOT NULL,
         status      text   NOT NULL
     )
-    """
+    """,
 )
 _HV_LOAD = sa.text("SELECT order_id, status FROM high_value_orders WHERE order_id = ANY(CAST(:ids AS text[]))")
 _HV_INSERT_COLUMNS = ("order_id", "stream_id", "customer_id", "total", "placed_on", "status")
@@ -179,15 +171,9 @@ class HighValueOrders(OrderProjection):
     """
 
     name = "high_value_orders"
+    create = _HV_CREATE
+    tables = ("high_value_orders",)
     load = _HV_LOAD
-
-    def setup(self, conn: Connection) -> None:
-        """Create ``high_value_orders``."""
-        conn.execute(_HV_CREATE)
-
-    def reset(self, conn: Connection) -> None:
-        """Empty ``high_value_orders``."""
-        conn.execute(sa.text("DELETE FROM high_value_orders"))
 
     def forget_stream(self, stream_id: str, conn: Connection) -> None:
         """Delete the order of ``stream_id``."""

@@ -80,17 +80,9 @@ class DashboardDaily(OrderProjection):
     """Per day (of ``placed_at``) and current status: number of orders and their total."""
 
     name = "dashboard_daily"
+    create = _CREATE
+    tables = ("dashboard_daily", "dashboard_orders")
     load = _LOAD
-
-    def setup(self, conn: Connection) -> None:
-        """Create ``dashboard_daily`` and ``dashboard_orders``."""
-        for statement in _CREATE:
-            conn.execute(sa.text(statement))
-
-    def reset(self, conn: Connection) -> None:
-        """Empty both tables."""
-        conn.execute(sa.text("DELETE FROM dashboard_daily"))
-        conn.execute(sa.text("DELETE FROM dashboard_orders"))
 
     def forget_stream(self, stream_id: str, conn: Connection) -> None:
         """Take the order of ``stream_id`` out of its cell."""

@@ -15,7 +15,7 @@ from projections.orders import day_of
 
 __all__ = ["OrderSummaries"]
 
-_CREATE = sa.text(
+_CREATE = (
     """
     CREATE TABLE IF NOT EXISTS order_summaries (
         order_id      text    PRIMARY KEY,
@@ -26,7 +26,7 @@ _CREATE = sa.text(
         placed_on     date    NOT NULL,
         last_position bigint  NOT NULL
     )
-    """
+    """,
 )
 _LOAD = sa.text("SELECT order_id, status FROM order_summaries WHERE order_id = ANY(CAST(:ids AS text[]))")
 _INSERT_COLUMNS = ("order_id", "stream_id", "customer_id", "status", "total", "placed_on", "last_position")
@@ -53,15 +53,9 @@ class OrderSummaries(OrderProjection):
     """Orders with their current status; an order's first ``OrderPlaced`` wins."""
 
     name = "order_summaries"
+    create = _CREATE
+    tables = ("order_summaries",)
     load = _LOAD
-
-    def setup(self, conn: Connection) -> None:
-        """Create ``order_summaries``."""
-        conn.execute(_CREATE)
-
-    def reset(self, conn: Connection) -> None:
-        """Empty ``order_summaries``."""
-        conn.execute(sa.text("DELETE FROM order_summaries"))
 
     def forget_stream(self, stream_id: str, conn: Connection) -> None:
         """Delete the order of ``stream_id``."""
