@@ -101,13 +101,15 @@ class AppendConnections:
             self._give_back(connection)
 
     def _take(self, engine: Engine) -> _AppendConnection:
-        with self._lock:
-            while self._idle:
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
                 connection = self._idle.pop()
-                if connection.pid != os.getpid():  # forked: the parent's, not ours
-                    _INHERITED.append(connection)
-                elif connection.collect_wake_up():
-                    return connection
+            if connection.pid != os.getpid():  # forked: the parent's, not ours
+                _INHERITED.append(connection)
+            elif connection.collect_wake_up():  # outside the lock: it may wait for the server
+                return connection
         pooled = engine.raw_connection()
         driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
         pooled.detach()  # ours now: the pool neither resets nor closes it
