@@ -6,6 +6,7 @@ import gc
 import logging
 import multiprocessing
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -171,3 +172,18 @@ def test_append_connections_close_with_their_engine(database_url: str, engine: s
     while append_connection_count(engine) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert append_connection_count(engine) == 0
+
+
+def test_threads_appending_through_one_store_each_get_a_connection_and_a_wake_up(store: EventStore) -> None:
+    listener = listen(store)
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda n: store.append(f"order-{n}", [placed()]), range(200)))
+        assert {result.stream_version for result in results} == {1}
+        received = 0
+        for _ in listener.notifies(timeout=2, stop_after=200):
+            received += 1
+        assert received == 200
+        assert 1 <= append_connection_count(store.engine) <= 8
+    finally:
+        listener.close()
