@@ -94,9 +94,9 @@ class AppendConnections:
                 yield connection
             except BaseException:
                 if connection.driver.closed or connection.driver.pgconn.status != pq.ConnStatus.OK:
-                    connection.driver.close()
-                    raise
-                self._give_back(connection)
+                    connection.close()
+                else:
+                    self._give_back(connection)
                 raise
             self._give_back(connection)
 
