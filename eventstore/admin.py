@@ -1,7 +1,7 @@
 """Operate projections: status, failures, retry, skip, reset, rebuild, replay one stream.
 
 The functions the CLI calls. Writers here take the same locks as runners (see
-:mod:`eventstore.checkpoints` and :mod:`eventstore.worker`): ``reset`` and
+:mod:`eventstore.runner.checkpoints` and :mod:`eventstore.runner.ownership`): ``reset`` and
 ``rebuild`` take the projection's advisory lock and raise
 :class:`~eventstore.errors.ProjectionBusy` while a runner holds it;
 ``retry``, ``skip`` and ``replay_stream`` lock the checkpoint row, so they
@@ -11,20 +11,22 @@ are safe while a runner is live, and wake the runners when they commit.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from eventstore import checkpoints
-from eventstore.checkpoints import Checkpoint, ProjectionFailure
 from eventstore.database import translate_driver_errors
-from eventstore.errors import DatabaseUnavailable, ProjectionBusy, ProjectionError, ProjectionNotFound
+from eventstore.errors import ProjectionError, ProjectionNotFound
 from eventstore.projection import Projection
-from eventstore.store import EventStore
-from eventstore.worker import ProjectionSession, RunnerSettings, lock_owners, session_engine
+from eventstore.runner import checkpoints, waiting
+from eventstore.runner.checkpoints import Checkpoint, ProjectionFailure
+from eventstore.runner.connections import session_engine
+from eventstore.runner.ownership import lock_owners
+from eventstore.runner.session import ProjectionSession
+from eventstore.runner.settings import RunnerSettings
+from eventstore.store import EventStore, sql
 
 __all__ = [
     "ProjectionFailure",
@@ -39,18 +41,15 @@ __all__ = [
     "wait_until_processed",
 ]
 
-# Events after a checkpoint that readers can see now (the gap rule's fence), with the projection's filters.
-_LAG = sa.text(
-    """
-    SELECT count(*) AS lag_events,
-           coalesce(extract(epoch FROM now() - min(recorded_at)), 0)::float8 AS lag_seconds
-    FROM events
-    WHERE (transaction_order, global_position) > (CAST(:order AS xid8), :position)
-      AND transaction_order < pg_snapshot_xmin(pg_current_snapshot())
-      AND (CAST(:categories AS text[]) IS NULL OR category = ANY(CAST(:categories AS text[])))
-      AND (CAST(:event_types AS text[]) IS NULL OR event_type = ANY(CAST(:event_types AS text[])))
-    """
-)
+
+def _lag_query(categories: Sequence[str], event_types: Sequence[str]) -> str:
+    """Events after a checkpoint that readers can see now (the gap rule's fence), within the filters."""
+    return (
+        "SELECT count(*) AS lag_events, "  # noqa: S608 - constant fragments only
+        "coalesce(extract(epoch FROM now() - min(recorded_at)), 0)::float8 AS lag_seconds FROM events "
+        "WHERE (transaction_order, global_position) > (CAST(%(order)s AS xid8), %(position)s) "
+        f"AND transaction_order < {sql.FENCE}{sql.filter_clause(categories, event_types)}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +83,9 @@ def projection_status(store: EventStore, projections: Sequence[Projection | str]
         for name, categories, event_types in items:
             current = stored.get(name)
             order, position = current.cursor if current else (0, 0)
-            lag = connection.execute(
-                _LAG,
-                {
-                    "order": str(order),
-                    "position": position,
-                    "categories": list(categories) or None,
-                    "event_types": list(event_types) or None,
-                },
+            lag = connection.exec_driver_sql(
+                _lag_query(categories, event_types),
+                {"order": str(order), "position": position, **sql.filter_parameters(categories, event_types)},
             ).one()
             statuses.append(
                 ProjectionStatus(
@@ -119,10 +113,10 @@ def _state(current: Checkpoint | None, held: bool, lag: int) -> str:
     return "running" if lag else "idle"
 
 
-def list_failures(store: EventStore, name: str | None = None) -> list[ProjectionFailure]:
-    """Recorded poison events (failed, skipped or retried), oldest first."""
+def list_failures(store: EventStore, name: str | None = None, *, open_only: bool = False) -> list[ProjectionFailure]:
+    """Recorded poison events (failed, skipped or retried), oldest first; ``open_only``: only those still failed."""
     with translate_driver_errors(store.engine), store.engine.connect() as connection:
-        return checkpoints.list_failures(connection, name)
+        return checkpoints.list_failures(connection, name, status="failed" if open_only else None)
 
 
 def _locked_failed(connection: Connection, name: str) -> Checkpoint:
@@ -168,7 +162,7 @@ def reset(store: EventStore, projection: Projection) -> None:
 
     Raises :class:`ProjectionBusy` while a runner holds the projection.
     """
-    engine = session_engine(store, application_name="eventstore-admin")
+    engine = session_engine(store.engine, application_name="eventstore-admin")
     try:
         session = _acquire(engine, store, projection, threading.Event(), state="stopped")
         try:
@@ -207,7 +201,7 @@ def rebuild(
     """
     stop = stop_event or threading.Event()
     start = store.order_of(from_position) if from_position else (0, 0)
-    engine = session_engine(store, application_name="eventstore-admin")
+    engine = session_engine(store.engine, application_name="eventstore-admin")
     try:
         session = _acquire(engine, store, projection, stop, state="rebuilding", batch_size=batch_size)
         try:
@@ -248,12 +242,7 @@ def _acquire(
     projection.check()
     settings = RunnerSettings(batch_size=batch_size)
     with translate_driver_errors(store.engine):
-        session = ProjectionSession.acquire(engine, store, projection, settings=settings, stop=stop, state=state)
-    if session is None:
-        with store.engine.connect() as connection:
-            current = checkpoints.load(connection, projection.name)
-        raise ProjectionBusy(projection.name, current.owner if current else None)
-    return session
+        return ProjectionSession.acquire_or_busy(engine, store, projection, settings=settings, stop=stop, state=state)
 
 
 def replay_stream(store: EventStore, projection: Projection, stream_id: str) -> int:
@@ -262,8 +251,9 @@ def replay_stream(store: EventStore, projection: Projection, stream_id: str) -> 
     Calls ``projection.forget_stream(stream_id)``, then re-applies the
     stream's events the projection has already consumed (up to its
     checkpoint, within its filters), in one transaction that holds the
-    checkpoint row, so it is safe while a runner is live. Raises
-    :class:`ProjectionError` if the projection does not implement
+    checkpoint row, so it is safe while a runner is live. Events after the
+    checkpoint are left to the runner (0 when it has not reached the stream
+    yet). Raises :class:`ProjectionError` if the projection does not implement
     ``forget_stream``, :class:`ProjectionNotFound` if it has no checkpoint;
     a handler's exception propagates (nothing is changed).
     """
@@ -278,40 +268,17 @@ def replay_stream(store: EventStore, projection: Projection, stream_id: str) -> 
             raise ProjectionError(str(error)) from error
         applied = 0
         for event in events:
-            if (event.transaction_order, event.global_position) > current.cursor:
+            if checkpoints.cursor_of(event) > current.cursor:
                 break
-            if projection.categories and event.category not in projection.categories:
-                continue
-            if projection.event_types and event.type not in projection.event_types:
-                continue
-            projection.apply(event, connection)
-            applied += 1
+            if projection.selects(event):
+                projection.apply(event, connection)
+                applied += 1
     return applied
 
 
 def wait_until_processed(store: EventStore, projection_name: str, position: int, timeout: float = 10.0) -> None:
-    """Return once ``projection_name`` has consumed ``position``; :class:`TimeoutError` otherwise.
+    """Return once ``projection_name`` has consumed ``position`` (see :mod:`eventstore.runner.waiting`).
 
-    Polls the stored checkpoint, so it works whichever process runs the projection.
+    Raises :class:`~eventstore.errors.ProjectionTimeout` (a :class:`TimeoutError`) naming where it is.
     """
-    if position <= 0:
-        return
-    target = store.order_of(position)
-    deadline = time.monotonic() + timeout
-    current: Checkpoint | None = None
-    while True:
-        try:
-            with store.engine.connect() as connection:
-                current = checkpoints.load(connection, projection_name)
-            if current is not None and current.cursor >= target:
-                return
-        except (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError):
-            pass
-        if time.monotonic() >= deadline:
-            where = "no checkpoint" if current is None else f"at position {current.position}, state {current.state}"
-            error = current.last_error if current else None
-            raise TimeoutError(
-                f"projection {projection_name!r} did not process position {position} within {timeout} s "
-                f"({where}; last error: {error})"
-            )
-        time.sleep(0.02)
+    waiting.wait_until_processed(store, [projection_name], position, timeout=timeout)

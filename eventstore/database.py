@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,9 +11,25 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from eventstore.errors import ConfigurationError, DatabaseUnavailable, PermissionDenied, SchemaNotReady
+from eventstore.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    DatabaseNotFound,
+    DatabaseUnavailable,
+    PermissionDenied,
+    SchemaNotReady,
+    first_line,
+)
 
-__all__ = ["create_engine", "libpq_url", "mask_url", "translate_driver_errors"]
+__all__ = [
+    "autocommit_driver",
+    "create_engine",
+    "describe_target",
+    "is_connection_error",
+    "libpq_url",
+    "mask_url",
+    "translate_driver_errors",
+]
 
 
 def normalise_url(url: str) -> str:
@@ -81,16 +98,61 @@ def translate_driver_errors(engine: Engine) -> Iterator[None]:
 def _raise_translated(engine: Engine, driver_error: BaseException | None, error: BaseException, *, lost: bool) -> None:
     if isinstance(driver_error, psycopg.errors.InsufficientPrivilege):
         raise PermissionDenied(
-            f"{_first_line(driver_error)} (as {engine.url.username or 'the default role'})"
+            f"{first_line(driver_error)} (as {engine.url.username or 'the default role'})"
         ) from error
     if isinstance(driver_error, psycopg.errors.UndefinedTable):
         raise SchemaNotReady(
-            f"{_first_line(driver_error)} in {describe_target(engine)}; run `eventstore migrate` "
+            f"{first_line(driver_error)} in {describe_target(engine)}; run `eventstore migrate` "
             "(or eventstore.migrate(url)) first"
         ) from error
+    if isinstance(driver_error, psycopg.OperationalError):
+        _raise_refused(engine, str(driver_error), error)
     if isinstance(driver_error, psycopg.OperationalError | psycopg.InterfaceError) or lost:
         raise DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {describe_target(engine)}: {_first_line(driver_error)}"
+            f"cannot reach PostgreSQL at {describe_target(engine)}: {first_line(driver_error)}"
+        ) from error
+
+
+# What a server says (after "FATAL:") when it refuses the connection itself,
+# not the network: https://www.postgresql.org/docs/current/client-authentication-problems.html
+_REFUSALS = (
+    (re.compile(r'password authentication failed for user "(?P<name>[^"]*)"'), "password"),
+    (re.compile(r"no password supplied"), "password"),
+    (re.compile(r'role "(?P<name>[^"]*)" does not exist'), "role"),
+    (
+        re.compile(r'(?:Ident|Peer|GSSAPI|SSPI|LDAP|RADIUS|cert) authentication failed for user "(?P<name>[^"]*)"'),
+        "method",
+    ),
+    (re.compile(r'no pg_hba.conf entry for host "[^"]*", user "(?P<name>[^"]*)"'), "hba"),
+    (re.compile(r'database "(?P<name>[^"]*)" does not exist'), "database"),
+)
+
+
+def _raise_refused(engine: Engine, message: str, error: BaseException) -> None:
+    """Raise :class:`AuthenticationFailed` or :class:`DatabaseNotFound` if the server refused us; else nothing."""
+    where = describe_target(engine)
+    user = engine.url.username or "the default user (your operating-system user name)"
+    for pattern, kind in _REFUSALS:
+        match = pattern.search(message)
+        if match is None:
+            continue
+        if kind == "database":
+            raise DatabaseNotFound(
+                f"database {match['name']!r} does not exist on {where}; create it (createdb {match['name']}) "
+                "or fix the database name in the URL"
+            ) from error
+        if kind == "role":
+            raise AuthenticationFailed(
+                f"PostgreSQL at {where} has no role {match['name']!r}; put an existing user in the URL "
+                "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE) or create the role"
+            ) from error
+        if kind == "password":
+            raise AuthenticationFailed(
+                f"PostgreSQL at {where} refused the password of user {user!r}; check the user and password in the URL"
+            ) from error
+        raise AuthenticationFailed(
+            f"PostgreSQL at {where} refused user {user!r} ({first_line(match.group(0))}); "
+            "check the user in the URL and the server's pg_hba.conf"
         ) from error
 
 
@@ -117,6 +179,19 @@ def autocommit_driver(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
             pooled.close()
 
 
-def _first_line(error: BaseException | None) -> str:
-    text = str(error or "").strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def is_connection_error(error: BaseException, connection: sa.Connection | None = None) -> bool:
+    """True when ``error`` means the database connection is gone (retry later), not a bug."""
+    if connection is not None and (connection.invalidated or connection.closed):
+        return True
+    if isinstance(error, DatabaseUnavailable):
+        return True
+    if isinstance(error, sa.exc.DBAPIError):
+        return bool(error.connection_invalidated) or _driver_says_gone(error.orig)
+    return _driver_says_gone(error)
+
+
+def _driver_says_gone(error: BaseException | None) -> bool:
+    # No SQLSTATE: the socket broke; class 08: connection exception; 57P: the server is shutting down.
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    return error.sqlstate is None or error.sqlstate.startswith(("08", "57P"))

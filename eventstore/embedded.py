@@ -31,6 +31,9 @@ from eventstore.errors import ConfigurationError
 __all__ = ["LocalPostgres", "embedded_bin_dir"]
 
 SERVICE_USER = "eventstore"
+"""The operating-system user the server runs as when we are root."""
+SUPERUSER = "postgres"
+"""The database superuser initdb creates (trust authentication, loopback only)."""
 _START_TIMEOUT_SECONDS = 60
 
 
@@ -73,7 +76,11 @@ class LocalPostgres:
 
     def url(self, database: str = "postgres") -> str:
         """A SQLAlchemy URL for ``database`` on this server (no password: trust auth)."""
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def libpq_url(self, database: str = "postgres") -> str:
+        """The same as a libpq URL, for ``psql``, ``--url`` or ``EventStore(...)``."""
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def version(self) -> str:
         """The server's major version, from ``PG_VERSION``."""
@@ -155,7 +162,7 @@ class LocalPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._hand_over(self.data_dir)
         self._run(
-            "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
+            "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
             "--encoding=UTF8", "--locale=C", "--no-instructions",
         )  # fmt: skip
         settings = {

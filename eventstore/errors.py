@@ -8,8 +8,10 @@ Each class's docstring is its default message. Driver errors are wrapped with
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "ConcurrencyError",
     "ConfigurationError",
+    "DatabaseNotFound",
     "DatabaseUnavailable",
     "DuplicateEventId",
     "EventStoreError",
@@ -18,10 +20,12 @@ __all__ = [
     "ProjectionBusy",
     "ProjectionError",
     "ProjectionNotFound",
+    "ProjectionTimeout",
     "SchemaNotReady",
     "StreamNotFound",
     "UnknownPosition",
     "WrongExpectedVersion",
+    "first_line",
 ]
 
 
@@ -38,6 +42,14 @@ class ConfigurationError(EventStoreError):
 
 class DatabaseUnavailable(EventStoreError):
     """The database cannot be reached."""
+
+
+class AuthenticationFailed(ConfigurationError):
+    """PostgreSQL refused the user or the password; check the URL's user and password."""
+
+
+class DatabaseNotFound(ConfigurationError):
+    """The database named in the URL does not exist on that server; create it or fix the URL."""
 
 
 class SchemaNotReady(EventStoreError):
@@ -125,6 +137,18 @@ class ProjectionNotFound(ProjectionError, LookupError):
             f"no projection named {projection_name!r} has a checkpoint; "
             "check the name (see `eventstore projections status`) or run the projection once"
         )
+
+
+class ProjectionTimeout(ProjectionError, TimeoutError):
+    """Projections did not reach a position in time (also a :class:`TimeoutError`)."""
+
+
+def first_line(error: BaseException | str | None) -> str:
+    """The first non-empty line of an error's message (its type name if it has none), for one-line reports."""
+    for line in str(error or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return "" if isinstance(error, str) else type(error).__name__
 
 
 def _describe_expected(expected: object) -> str:

@@ -114,6 +114,16 @@ class Projection:
 
     # -- dispatch -------------------------------------------------------------
 
+    def selects(self, event: RecordedEvent) -> bool:
+        """True when the projection's filters (``categories``, ``event_types``) let ``event`` through.
+
+        The runner filters in SQL (:func:`eventstore.store.sql.filter_clause`); this is the same rule in
+        Python, for events already read (e.g. one stream's, in ``replay_stream``).
+        """
+        return (not self.categories or event.category in self.categories) and (
+            not self.event_types or event.type in self.event_types
+        )
+
     @property
     def handled_types(self) -> frozenset[str]:
         """The event types this projection has handlers for."""

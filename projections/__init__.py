@@ -12,11 +12,11 @@ per event on purpose. ``ALL`` holds one instance of each order projection;
 :func:`verify` compares a read model with a recomputation from the events.
 """
 
-from projections.customers import CustomerOrders, HighValueOrders
-from projections.dashboard import DashboardDaily
-from projections.ledger import Ledger, ledger_positions
-from projections.order_summaries import OrderSummaries
-from projections.verify import expected_rows, verify
+from .customers import CustomerOrders, HighValueOrders
+from .dashboard import DashboardDaily
+from .ledger import Ledger, ledger_positions
+from .order_summaries import OrderSummaries
+from .verify import expected_rows, verify
 
 __all__ = [
     "ALL",

@@ -35,7 +35,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eventstore import Projection, RecordedEvent
-from projections.orders import CATEGORY, ORDER_PLACED, TRANSITIONS
+
+from .orders import CATEGORY, ORDER_PLACED, TRANSITIONS
 
 __all__ = ["Order", "OrderBatch", "OrderProjection", "add_to", "bigint", "columns"]
 

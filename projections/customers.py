@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eventstore import RecordedEvent
-from projections.batching import Order, OrderBatch, OrderProjection, add_to, bigint, columns
-from projections.orders import HIGH_VALUE_THRESHOLD, day_of, paid_like
+
+from .batching import Order, OrderBatch, OrderProjection, add_to, bigint, columns
+from .orders import HIGH_VALUE_THRESHOLD, day_of, paid_like
 
 __all__ = ["CustomerOrders", "HighValueOrders", "contribution"]
 

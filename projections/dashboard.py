@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from eventstore import RecordedEvent
-from projections.batching import Order, OrderBatch, OrderProjection, add_to, bigint, columns
-from projections.orders import day_of
+
+from .batching import Order, OrderBatch, OrderProjection, add_to, bigint, columns
+from .orders import day_of
 
 __all__ = ["DashboardDaily"]
 

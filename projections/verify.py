@@ -17,10 +17,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from eventstore import EventStore, Projection, RecordedEvent
-from eventstore.checkpoints import load
-from projections.customers import contribution
-from projections.ledger import Ledger
-from projections.orders import CATEGORY, HIGH_VALUE_THRESHOLD, ORDER_PLACED, TRANSITIONS, day_of
+from eventstore.admin import projection_status
+
+from .customers import contribution
+from .ledger import Ledger
+from .orders import CATEGORY, HIGH_VALUE_THRESHOLD, ORDER_PLACED, TRANSITIONS, day_of
 
 __all__ = ["expected_rows", "verify"]
 
@@ -120,13 +121,13 @@ _QUERIES = {
 
 def _consumed_events(store: EventStore, projection: Projection) -> list[RecordedEvent]:
     """The events the projection has consumed (up to its checkpoint, within its filters)."""
-    with store.engine.connect() as connection:
-        checkpoint = load(connection, projection.name)
-    if checkpoint is None:
+    position = projection_status(store, [projection.name])[0].position
+    if not position:
         return []
+    checkpoint = store.order_of(position)
     consumed = []
     for event in store.read_all(categories=projection.categories or None, event_types=projection.event_types or None):
-        if (event.transaction_order, event.global_position) > checkpoint.cursor:
+        if (event.transaction_order, event.global_position) > checkpoint:
             break
         consumed.append(event)
     return consumed

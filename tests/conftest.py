@@ -1,3 +1,1 @@
-"""Shared fixtures: see eventstore/testing/plugin.py for the database ones."""
-
-pytest_plugins = ["eventstore.testing.plugin"]
+"""Shared fixtures: eventstore's pytest plugin (registered by the ``pytest11`` entry point) gives the database ones."""

@@ -1,4 +1,9 @@
-"""pytest fixtures: ``test_server`` (session), ``database_url``, ``engine`` and ``store`` (per test)."""
+"""pytest fixtures: ``test_server`` (session), ``database_url``, ``engine`` and ``store`` (per test).
+
+Installed with eventstore and registered through the ``pytest11`` entry point,
+so a project that depends on eventstore gets these fixtures with no
+``pytest_plugins`` line. The server starts only when a test asks for one.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def store(engine: Engine) -> EventStore:
-    """An :class:`EventStore` on this test's database."""
-    return EventStore(engine)
+def store(engine: Engine) -> Iterator[EventStore]:
+    """An :class:`EventStore` on this test's database (closed after the test)."""
+    with EventStore(engine) as store:
+        yield store

@@ -104,7 +104,7 @@ def test_demo_quick_on_the_embedded_default(tmp_path: Path) -> None:
             [str(EVENTSTORE), "demo", "--quick"], capture_output=True, text=True, timeout=100, env=env
         )
         assert demo.returncode == 0, demo.stdout + demo.stderr
-        assert "using embedded PostgreSQL 18 at 127.0.0.1:" in demo.stderr
+        assert "using embedded PostgreSQL 18 at postgresql://postgres@127.0.0.1:" in demo.stderr
         assert str(tmp_path / "home" / "pgdata") in demo.stderr
         assert "OK: every read model agrees with the events" in demo.stdout
         assert "PROBLEM" not in demo.stdout

@@ -98,7 +98,7 @@ def test_invalid_json_names_option_line_and_column_and_writes_nothing(
     assert from_file.exit_code == 1
     assert f"--metadata: invalid JSON in {bad_file} at line 4, column 1" in from_file.stderr
     not_object = cli("append", "order-1", "OrderPlaced", "--data", "[1, 2]")
-    assert not_object.exit_code == 1 and "expected a JSON object, got list" in not_object.stderr
+    assert not_object.exit_code == 1 and "expected a JSON object, got an array" in not_object.stderr
     assert store.head_position() == 0
 
 
@@ -118,7 +118,10 @@ def test_wrong_expected_version_says_expected_and_actual(cli: Invoke, store: Eve
 def test_bad_expected_version_is_a_usage_error(cli: Invoke) -> None:
     result = cli("append", "order-1", "OrderPlaced", "--expected-version", "soon")
     assert result.exit_code == 2
-    assert "'soon' is not a version; use an integer >= 0, any, no-stream or exists" in result.stderr
+    assert result.stderr.strip() == (
+        "Error: --expected-version: 'soon' is not a stream version; use an integer from 0 to 2147483647 "
+        "(the version of the stream's last event, 0 for a new stream), any, no-stream or exists"
+    )
 
 
 def test_unknown_stream(cli: Invoke) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import unicodedata
 import uuid
 from typing import Any
 
@@ -73,6 +74,13 @@ def _storable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _printable_id(stream_id: str) -> bool:
+    """The model of a stream id that prints unambiguously: no outer whitespace, no control characters."""
+    return stream_id == stream_id.strip() and not any(
+        unicodedata.category(character) in ("Cc", "Zl", "Zp") for character in stream_id
+    )
 
 
 def _valid_json(value: Any, depth: int = 1) -> bool:
@@ -139,7 +147,7 @@ def test_append_round_trips_or_rejects_naming_the_field(
 ) -> None:
     stream_id = f"f{next(unique)}-{raw_stream}" if raw_stream else raw_stream
     before = _count(store)
-    stream_ok = 1 <= len(stream_id) <= 255 and _storable(stream_id)
+    stream_ok = 1 <= len(stream_id) <= 255 and _storable(stream_id) and _printable_id(stream_id)
     type_ok = 1 <= len(event_type) <= 255 and _storable(event_type)
     data_ok = isinstance(data, dict) and _valid_json(data)
     metadata_ok = metadata is None or (isinstance(metadata, dict) and _valid_json(metadata))

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from eventstore import EventStore, ProjectionRunner, admin
-from eventstore.checkpoints import load
+from eventstore.runner.checkpoints import load
 from projections import Ledger
 from tests.runner.runner_helpers import FAST, append_many, wait_for
 

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 import projections
 from eventstore import EventStore, NewEvent, Projection, ProjectionError, ProjectionRunner, RecordedEvent, admin
-from eventstore.checkpoints import load
+from eventstore.runner.checkpoints import load
 from projections import Ledger, ledger_positions
 from tests.runner.runner_helpers import FAST, wait_for
 

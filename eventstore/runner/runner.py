@@ -1,4 +1,4 @@
-"""Run several projections: one listener, one worker thread per projection, signals, shutdown.
+"""The :class:`ProjectionRunner`: one listener, one worker thread per projection, signals, shutdown.
 
 ``ProjectionRunner(store, projections).run()`` blocks until :meth:`stop` or
 SIGTERM/SIGINT. On the first signal every worker finishes its current batch,
@@ -9,7 +9,8 @@ once with :class:`KeyboardInterrupt`. Signal handlers are installed only when
 
 Any number of runners may run the same projections, in any processes on any
 hosts: for each projection exactly one applies at a time, the others stand by
-(see :mod:`eventstore.worker` for how, and for the delivery guarantees).
+(see :mod:`eventstore.runner.ownership` for how, and
+:mod:`eventstore.runner.session` for the delivery guarantees).
 """
 
 from __future__ import annotations
@@ -23,24 +24,25 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eventstore import checkpoints
-from eventstore.checkpoints import Cursor
 from eventstore.database import libpq_url
-from eventstore.errors import ConfigurationError, DatabaseUnavailable, ProjectionBusy, ProjectionError
-from eventstore.listener import Listener
+from eventstore.errors import ConfigurationError, ProjectionError, ProjectionTimeout
 from eventstore.projection import Projection
+from eventstore.runner.checkpoints import Cursor
+from eventstore.runner.connections import session_engine
+from eventstore.runner.listener import Listener
+from eventstore.runner.ownership import owner_id
+from eventstore.runner.session import ProjectionSession
+from eventstore.runner.settings import RunnerSettings
+from eventstore.runner.waiting import wait_until_processed
+from eventstore.runner.worker import Worker
 from eventstore.store import NOTIFY_CHANNEL, EventStore
 from eventstore.types import RecordedEvent
-from eventstore.worker import ProjectionSession, RunnerSettings, Worker, owner_id, session_engine
 
 __all__ = ["ProjectionRunner"]
 
 logger = logging.getLogger(__name__)
-
-_WAIT_POLL = 0.05
 
 
 class ProjectionRunner:
@@ -48,13 +50,17 @@ class ProjectionRunner:
 
     Keyword arguments: ``poll_interval`` (fallback re-check, seconds),
     ``on_batch(projection_name, events)`` (called after each committed batch),
-    and the :class:`~eventstore.worker.RunnerSettings` fields (``batch_size``,
+    and the :class:`~eventstore.runner.RunnerSettings` fields (``batch_size``,
     ``held_back_interval``, ``lock_retry_interval``, ``retry_attempts``,
     ``retry_delay``, ``retry_max_delay``, ``reconnect_max_delay``,
     ``liveness_interval``), plus ``shutdown_timeout``.
 
     Raises :class:`ConfigurationError` for a bad projection list (names the
     projection and the fix).
+
+    :meth:`close` (or a ``with`` block) stops a running :meth:`run` and waits
+    for it; the store stays open (close it yourself, e.g. ``with
+    EventStore(url) as store, ProjectionRunner(store, [...]) as runner:``).
     """
 
     def __init__(
@@ -92,6 +98,9 @@ class ProjectionRunner:
         self._signalled = 0
         self._ran = False
         self._running = threading.Event()
+        self._done = threading.Event()
+        self.failed: list[str] = []
+        """Projections the last :meth:`run_until_caught_up` left stopped on a poison event."""
         self._progress = threading.Condition()
         self._workers: list[Worker] = []
         self.listener: Listener | None = None
@@ -109,7 +118,7 @@ class ProjectionRunner:
         if self._ran:
             raise ProjectionError("this ProjectionRunner has already run; create a new one to run again")
         self._ran = True
-        engine = session_engine(self.store, application_name="eventstore-runner")
+        engine = session_engine(self.store.engine, application_name="eventstore-runner")
         listener = Listener(
             libpq_url(self.store.engine),
             NOTIFY_CHANNEL,
@@ -151,6 +160,7 @@ class ProjectionRunner:
             finally:
                 self._running.clear()
                 engine.dispose()
+                self._done.set()
         logger.info("runner stopped", extra={"owner": self.owner, "projections": self._names()})
 
     def stop(self) -> None:
@@ -220,8 +230,9 @@ class ProjectionRunner:
         While :meth:`run` is active this only waits for its workers. Otherwise
         it takes each projection's lock for the duration (raises
         :class:`ProjectionBusy` when another runner holds it). A projection
-        that is or becomes failed is left failed. Raises :class:`TimeoutError`
-        after ``timeout`` seconds.
+        that is or becomes failed is left failed; :attr:`failed` then names it.
+        Raises :class:`~eventstore.errors.ProjectionTimeout` (a
+        :class:`TimeoutError`) after ``timeout`` seconds.
         """
         if self._running.is_set():
             self.wait_until_processed(self.store.head_position(), timeout=timeout or 3600.0)
@@ -231,7 +242,8 @@ class ProjectionRunner:
         if timer is not None:
             timer.daemon = True
             timer.start()
-        engine = session_engine(self.store, application_name="eventstore-catch-up")
+        engine = session_engine(self.store.engine, application_name="eventstore-catch-up")
+        self.failed = []
         total = 0
         try:
             for projection in self.projections:
@@ -243,7 +255,7 @@ class ProjectionRunner:
         return total
 
     def _catch_up_one(self, engine: Engine, projection: Projection, stop: threading.Event) -> int:
-        session = ProjectionSession.acquire(
+        session = ProjectionSession.acquire_or_busy(
             engine,
             self.store,
             projection,
@@ -253,57 +265,43 @@ class ProjectionRunner:
             on_batch=self.on_batch,
             on_commit=self._on_commit,
         )
-        if session is None:
-            raise ProjectionBusy(projection.name, self._stored_owner(projection.name))
         try:
             result = session.catch_up()
         finally:
             session.release()
-        if not (result.caught_up or result.failed):
-            raise TimeoutError(
+        if result.failed:
+            self.failed.append(projection.name)
+        elif not result.caught_up:
+            raise ProjectionTimeout(
                 f"projection {projection.name!r} did not catch up in time ({result.processed} events processed); "
                 "pass a larger timeout"
             )
         return result.processed
 
-    def _stored_owner(self, name: str) -> str | None:
-        with self.store.engine.connect() as connection:
-            current = checkpoints.load(connection, name)
-        return None if current is None else current.owner
-
     def wait_until_processed(self, position: int, timeout: float = 10.0) -> None:
         """Return once every projection has consumed the event at ``position`` (and all before it).
 
         Works whichever runner (process, host) applies the projections.
-        Raises :class:`TimeoutError` naming the lagging projections (and their
-        stored error, if failed), :class:`~eventstore.errors.UnknownPosition`
-        if no event has that position.
+        Raises :class:`~eventstore.errors.ProjectionTimeout` naming the lagging
+        projections (and their stored error, if failed),
+        :class:`~eventstore.errors.UnknownPosition` if no event has that position.
         """
-        if position <= 0:
-            return
-        target = self.store.order_of(position)
-        deadline = time.monotonic() + timeout
-        names = self._names()
-        while True:
-            try:
-                with self.store.engine.connect() as connection:
-                    stored = checkpoints.load_all(connection, names)
-                lagging = [name for name in names if name not in stored or stored[name].cursor < target]
-            except (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError):
-                stored, lagging = {}, names  # the server is restarting: keep waiting
-            if not lagging:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                details = ", ".join(_describe_lag(name, stored.get(name)) for name in lagging)
-                raise TimeoutError(f"position {position} not processed within {timeout} s by: {details}")
-            with self._progress:
-                self._progress.wait(min(_WAIT_POLL, remaining))
+        wait_until_processed(self.store, self._names(), position, timeout=timeout, pause=self._wait_for_progress)
 
+    def _wait_for_progress(self, seconds: float) -> None:
+        with self._progress:
+            self._progress.wait(seconds)
 
-def _describe_lag(name: str, current: checkpoints.Checkpoint | None) -> str:
-    if current is None:
-        return f"{name} (no checkpoint yet)"
-    if current.failed:
-        return f"{name} (failed at position {current.failed_position}: {current.last_error})"
-    return f"{name} (at position {current.position})"
+    # -- closing -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop :meth:`run` if it is running (finishing the current batches) and wait for it to return."""
+        self.stop()
+        if self._running.is_set():
+            self._done.wait(self.shutdown_timeout + 2.0)
+
+    def __enter__(self) -> ProjectionRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

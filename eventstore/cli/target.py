@@ -46,7 +46,8 @@ class Target:
         if self.embedded is not None:
             server = self.embedded
             return (
-                f"embedded PostgreSQL {server.version()} at {describe_target(self.engine)} (data in {server.data_dir})"
+                f"embedded PostgreSQL {server.version()} at {server.libpq_url(EMBEDDED_DATABASE)} "
+                f"(data in {server.data_dir})"
             )
         return mask_url(self.engine)
 

@@ -1,19 +1,24 @@
 """Find the projections the ``eventstore`` command runs (``--projections MODULE``).
 
-A module (or package) provides its projections as ``ALL``, a list of
-projection instances; without ``ALL`` every :class:`~eventstore.Projection`
-instance defined at module level, and every concrete subclass defined there
-(instantiated without arguments), is taken.
+The module is imported with the current directory on ``sys.path`` (as
+alembic and uvicorn do), so ``--projections bank.projections`` works from the
+directory that holds ``bank/``. A module (or package) provides its
+projections as ``ALL``, a list of projection instances; without ``ALL`` every
+:class:`~eventstore.Projection` instance defined at module level, and every
+concrete subclass defined there (instantiated without arguments), is taken.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
-from eventstore.console import CliError
+from eventstore.cli.errors import CliError
+from eventstore.errors import first_line
 
 __all__ = ["load_projections", "pick", "pick_one"]
 
@@ -24,12 +29,14 @@ def load_projections(module_name: str) -> list[Any]:
     Raises:
         CliError: the module fails to import (the import error, one line) or holds no projection.
     """
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # any failure while importing user code
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CliError(
-            f"cannot import projections module {module_name!r}: {type(error).__name__}: {detail}; "
+            f"cannot import projections module {module_name!r}: {type(error).__name__}: {first_line(error)}; "
             "fix the module or pass --projections MODULE (env EVENTSTORE_PROJECTIONS)"
         ) from error
     found = getattr(module, "ALL", None)

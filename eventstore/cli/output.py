@@ -1,4 +1,4 @@
-"""Terminal output of the ``eventstore`` command: results, status lines, errors, progress.
+"""Terminal output of the ``eventstore`` command: results, status lines, progress.
 
 Results go to stdout (plain lines or ``--json``); status, progress and errors
 go to stderr, so that ``eventstore log --json | jq`` stays clean. Nothing here
@@ -11,110 +11,30 @@ import json
 import logging
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 import typer
 
-from eventstore.errors import DatabaseUnavailable, EventStoreError
 from eventstore.types import RecordedEvent
 
 __all__ = [
-    "CliError",
-    "describe_error",
     "emit_json",
     "event_line",
     "event_record",
-    "parse_json_object",
+    "print_events",
     "print_table",
     "progress_reporter",
-    "report_error",
     "status",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-class CliError(Exception):
-    """A user mistake the CLI reports in one line (exit code 1 unless given)."""
-
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 def status(message: str) -> None:
     """A status line on stderr (never mixed into results)."""
     typer.echo(message, err=True)
-
-
-# -- errors -------------------------------------------------------------------
-
-
-def describe_error(error: BaseException) -> str | None:
-    """The one-line message for an error the CLI knows, or None for a bug (shown with its traceback)."""
-    if isinstance(error, DatabaseUnavailable):
-        return _one_line(str(error)) + " (is the server running, and is --url / EVENTSTORE_URL right?)"
-    if isinstance(error, CliError | EventStoreError):
-        return _one_line(str(error))
-    if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError):
-        return _one_line(f"database error: {error.orig}")
-    return None
-
-
-def report_error(error: BaseException, *, verbose: bool) -> int:
-    """Print ``error`` to stderr (one line; the traceback too when ``verbose``) and return the exit code."""
-    message = describe_error(error)
-    if verbose or message is None:
-        typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
-    if message is None:
-        message = f"unexpected error: {_one_line(f'{type(error).__name__}: {error}')} (rerun with -v for details)"
-    typer.echo(f"Error: {message}", err=True)
-    return error.exit_code if isinstance(error, CliError) else 1
-
-
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else text
-
-
-# -- input --------------------------------------------------------------------
-
-
-def parse_json_object(option: str, value: str | None) -> dict[str, Any] | None:
-    """Parse an option's JSON object; ``@path`` reads it from a file (``@-``: stdin).
-
-    Raises:
-        CliError: unreadable file, invalid JSON (names the option, line and column) or not an object.
-    """
-    if value is None:
-        return None
-    source = "the value"
-    text = value
-    if value.startswith("@"):
-        path = value[1:]
-        source = "stdin" if path == "-" else path
-        try:
-            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        except OSError as error:
-            raise CliError(f"{option}: cannot read {path!r}: {error.strerror}; pass @PATH of a JSON file") from error
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CliError(
-            f"{option}: invalid JSON in {source} at line {error.lineno}, column {error.colno}: {error.msg}; "
-            f"""pass a JSON object such as '{{"amount": 10}}' (quote it for your shell)"""
-        ) from error
-    if not isinstance(parsed, dict):
-        raise CliError(
-            f"{option}: expected a JSON object, got {type(parsed).__name__} in {source}; "
-            """wrap it in an object such as '{"value": ...}'"""
-        )
-    return parsed
 
 
 # -- results ------------------------------------------------------------------

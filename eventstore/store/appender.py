@@ -37,16 +37,17 @@ from psycopg import pq
 from sqlalchemy.engine import Engine
 
 from eventstore.database import translate_driver_errors
+from eventstore.errors import ConfigurationError
+from eventstore.store.sql import WAKE_UP
 
-__all__ = ["NOTIFY_CHANNEL", "AppendConnections", "append_connections"]
+__all__ = ["AppendConnections", "append_connections"]
 
 logger = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "eventstore_events_v1"
-"""The channel workers LISTEN on: one wake-up per committed append."""
-
-_WAKE_UP = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')".encode()
-_PREPARED = b"eventstore_wake_up"  # parsed and planned once per connection
+# Sent as a plain (unprepared) query: a prepared statement is session state that
+# psycopg drops with DEALLOCATE ALL after a rollback and that a transaction-mode
+# pooler does not keep, and parsing this SELECT costs microseconds.
+_WAKE_UP = WAKE_UP.encode()
 
 # One set of append connections per engine, shared by every EventStore on it
 # (so a store made per request reuses them, as it reuses the engine's pool).
@@ -87,7 +88,7 @@ class AppendConnections:
         """An idle connection (or a new one); errors translated, a broken connection dropped."""
         engine = self._engine()
         if engine is None:  # pragma: no cover - a store holds its engine
-            raise RuntimeError("the engine of these append connections was garbage-collected")
+            raise ConfigurationError("the engine of these append connections was garbage-collected")
         with translate_driver_errors(engine):
             connection = self._take(engine)
             try:
@@ -99,6 +100,12 @@ class AppendConnections:
                     self._give_back(connection)
                 raise
             self._give_back(connection)
+
+    def close(self) -> None:
+        """Close the idle connections (those in use close when given back over the limit, or later)."""
+        with self._lock:
+            idle, self._idle[:] = list(self._idle), []
+        _close_all(idle)
 
     def _take(self, engine: Engine) -> _AppendConnection:
         while True:
@@ -130,19 +137,13 @@ class _AppendConnection:
     def __init__(self, driver: psycopg.Connection[Any]) -> None:
         self.driver = driver
         self.pid = os.getpid()
-        self._prepared = False
         self._pending = False
 
     def send_wake_up(self) -> None:
-        """Send ``pg_notify`` on :data:`NOTIFY_CHANNEL` in its own transaction; do not wait for it."""
+        """Send the wake-up (``pg_notify``) in its own transaction; do not wait for its result."""
         pgconn = self.driver.pgconn
         try:
-            if not self._prepared:
-                result = pgconn.prepare(_PREPARED, _WAKE_UP)
-                if result.status != pq.ExecStatus.COMMAND_OK:
-                    raise psycopg.OperationalError(_message(result.error_message))
-                self._prepared = True
-            pgconn.send_query_prepared(_PREPARED, None)
+            pgconn.send_query(_WAKE_UP)
             self._pending = True
         except (psycopg.Error, OSError) as error:
             logger.warning("wake-up not sent (%s); workers find the events on their timer", error)

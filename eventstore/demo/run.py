@@ -13,6 +13,8 @@ with a recomputation from the events. :func:`run_demo` returns a
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import random
 import statistics
@@ -28,14 +30,28 @@ from typing import Any
 
 import typer
 
+from eventstore.demo.view import LiveView, LogView, View, status
+from eventstore.errors import ProjectionTimeout
 from eventstore.store import EventStore
 from eventstore.types import RecordedEvent
 
-__all__ = ["DemoReport", "DemoSettings", "run_demo"]
+__all__ = ["DemoReport", "DemoSettings", "first_party_projections", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
 _CATCH_UP_TIMEOUT = 60.0
+
+
+def first_party_projections() -> str:
+    """The module name of the first-party order projections.
+
+    ``eventstore.demo.projections`` in an installed wheel; in a source
+    checkout (an editable install), the repository's top-level
+    ``projections`` package, which the wheel build maps to that name.
+    """
+    if importlib.util.find_spec("eventstore.demo.projections") is not None:
+        return "eventstore.demo.projections"
+    return "projections"
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,7 @@ class DemoReport:
         return not self.problems
 
 
-class _Counters:
+class Counters:
     """Thread-safe counters shared by writers, the runner callback and the view."""
 
     def __init__(self, names: Sequence[str], started_at: datetime) -> None:
@@ -134,11 +150,10 @@ def run_demo(
     Raises:
         KeyboardInterrupt: after stopping writers and the runner cleanly.
     """
-    from eventstore import admin
     from eventstore.runner import ProjectionRunner
 
     started_at = datetime.now(UTC)
-    counters = _Counters([p.name for p in projections], started_at)
+    counters = Counters([p.name for p in projections], started_at)
     runner = ProjectionRunner(store, list(projections), poll_interval=1.0, on_batch=counters.on_batch)
     runner_errors: list[BaseException] = []
 
@@ -165,14 +180,14 @@ def run_demo(
         for index in range(settings.writers)
     ]
     live = settings.live if settings.live is not None else sys.stdout.isatty()
-    _status(
+    status(
         f"demo: {settings.writers} writers for up to {settings.duration:g}s"
         + (f" or {settings.events} events" if settings.events else "")
         + f"; projections: {', '.join(p.name for p in projections)}"
     )
     clock = time.monotonic()
     report = DemoReport()
-    view = _LiveView(store, projections, counters, admin) if live else _LogView(store, projections, counters, admin)
+    view = LiveView(store, projections, counters) if live else LogView(store, projections, counters)
     try:
         for writer in writers:
             writer.start()
@@ -196,7 +211,7 @@ def run_demo(
                 if runner_errors or (not store.held_back() and store.head_position() == report.head):
                     break
                 if time.monotonic() >= catch_up_deadline:
-                    _status(f"events are still held back by an open transaction; checking up to position {report.head}")
+                    status(f"events are still held back by an open transaction; checking up to position {report.head}")
                     break
                 stop_writing.wait(0.05)  # already set: a short pause before looking at the head again
             view.refresh(phase="caught up")
@@ -215,15 +230,15 @@ def run_demo(
 
 
 def _wait_caught_up(
-    runner: Any, name: str, head: int, deadline: float, view: _View, runner_errors: list[BaseException]
+    runner: Any, name: str, head: int, deadline: float, view: View, runner_errors: list[BaseException]
 ) -> None:
     while not runner_errors:
         try:
             runner.wait_until_processed(head, timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
             return
-        except TimeoutError:
+        except ProjectionTimeout:
             if time.monotonic() >= deadline:
-                raise TimeoutError(
+                raise ProjectionTimeout(
                     f"projection {name!r} did not reach position {head} in {_CATCH_UP_TIMEOUT:g}s"
                 ) from None
             view.refresh(phase="catching up")
@@ -239,13 +254,14 @@ def _writer(
     store: EventStore,
     rng: random.Random,
     index: int,
-    counters: _Counters,
+    counters: Counters,
     limit: int | None,
     stop: threading.Event,
     errors: list[BaseException],
 ) -> None:
     """Place orders and move them through their life cycle until told to stop."""
-    from projections import orders  # the domain's own append helper keeps the events well-formed
+    # The order domain's own append helpers keep the events well-formed.
+    orders = importlib.import_module(f"{first_party_projections()}.orders")
 
     open_orders: list[tuple[str, int, str, int]] = []  # (stream_id, version, status, total in cents)
     serial = 0
@@ -312,10 +328,6 @@ def _verify(
 # -- output -------------------------------------------------------------------------
 
 
-def _status(message: str) -> None:
-    typer.echo(message, err=True)
-
-
 def _print_summary(report: DemoReport) -> None:
     rate = report.appended / report.seconds if report.seconds else 0.0
     typer.echo(
@@ -332,81 +344,3 @@ def _print_summary(report: DemoReport) -> None:
     for problem in report.problems:
         typer.echo(f"  PROBLEM {problem}")
     typer.echo("OK: every read model agrees with the events" if report.ok else "FAILED: see the problems above")
-
-
-class _View:
-    interval = 1.0
-
-    def __init__(self, store: EventStore, projections: Sequence[Any], counters: _Counters, admin: Any) -> None:
-        self.store = store
-        self.projections = list(projections)
-        self.counters = counters
-        self.admin = admin
-        self.started = time.monotonic()
-
-    def __enter__(self) -> _View:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def rows(self) -> list[tuple[str, int, int, int, str]]:
-        """(name, position, head, lag events, latency) per projection."""
-        statuses = {s.name: s for s in self.admin.projection_status(self.store, self.projections)}
-        rows = []
-        with self.counters.lock:
-            outcomes = dict(self.counters.outcomes)
-        for projection in self.projections:
-            item = statuses.get(projection.name)
-            outcome = outcomes.get(projection.name)
-            latency = "-"
-            if outcome is not None and outcome.latencies:
-                latency = f"{outcome.latencies[-1] * 1000:.0f} ms"
-            position = getattr(item, "position", 0) or 0
-            head = getattr(item, "head", 0) or 0
-            lag = getattr(item, "lag_events", 0) or 0
-            rows.append((projection.name, position, head, lag, latency))
-        return rows
-
-    def refresh(self, *, phase: str) -> None:
-        raise NotImplementedError
-
-
-class _LogView(_View):
-    """Plain log lines (not a terminal)."""
-
-    def refresh(self, *, phase: str) -> None:
-        elapsed = time.monotonic() - self.started
-        parts = [f"{name} @{position} lag {lag} latency {latency}" for name, position, _, lag, latency in self.rows()]
-        _status(f"[{elapsed:5.1f}s] {phase}: {self.counters.appended} events appended; " + "; ".join(parts))
-
-
-class _LiveView(_View):
-    """A rich table redrawn in place (terminal)."""
-
-    interval = 0.25
-
-    def __enter__(self) -> _View:
-        from rich.console import Console
-        from rich.live import Live
-
-        self.live = Live(console=Console(), refresh_per_second=8, transient=False)
-        self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(None, None, None)
-
-    def refresh(self, *, phase: str) -> None:
-        from rich.table import Table
-
-        elapsed = time.monotonic() - self.started
-        rate = self.counters.appended / elapsed if elapsed else 0.0
-        table = Table(
-            title=f"eventstore demo: {phase}, {elapsed:.1f}s, {self.counters.appended} events ({rate:,.0f}/s)"
-        )
-        for column in ("projection", "position", "head", "lag (events)", "wake-up latency"):
-            table.add_column(column, justify="left" if column == "projection" else "right")
-        for name, position, head, lag, latency in self.rows():
-            table.add_row(name, str(position), str(head), str(lag), latency)
-        self.live.update(table)

@@ -25,22 +25,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["KEEPALIVE_OPTIONS", "Listener"]
+from eventstore.errors import first_line
+from eventstore.runner.connections import KEEPALIVE_OPTIONS
+
+__all__ = ["Listener"]
 
 logger = logging.getLogger(__name__)
 
-KEEPALIVE_OPTIONS: dict[str, Any] = {
-    # libpq TCP keepalives: a dead server or network is noticed in seconds.
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "connect_timeout": 5,
-    # The server side too: a backend whose client host vanished (no FIN) goes away,
-    # releasing its session advisory locks.
-    "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
-}
-"""Connection parameters for the runner's long-lived connections."""
 
 # How long one wait for notifications lasts: bounds how late a stop request is seen.
 _WAIT_SLICE = 0.25
@@ -88,7 +79,7 @@ class Listener:
             except psycopg.Error as error:
                 logger.warning(
                     "listener cannot connect (%s); retrying in %.1f s",
-                    _first_line(error),
+                    first_line(error),
                     delay,
                     extra={"channel": self.channel, "retry_in": delay},
                 )
@@ -102,7 +93,7 @@ class Listener:
             except psycopg.Error as error:
                 logger.warning(
                     "listener connection lost (%s); reconnecting",
-                    _first_line(error),
+                    first_line(error),
                     extra={"channel": self.channel, "backend_pid": self.backend_pid},
                 )
                 # Reconnect at once the first time; back off if it keeps failing.
@@ -137,8 +128,3 @@ class Listener:
                 # Idle for a while: make sure the session (and so the LISTEN) still exists.
                 connection.execute("SELECT 1")
                 last_activity = now
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

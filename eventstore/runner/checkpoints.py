@@ -26,15 +26,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from eventstore.store import NOTIFY_CHANNEL
+from eventstore.store.sql import WAKE_UP
 from eventstore.types import RecordedEvent
 
 __all__ = [
     "Checkpoint",
+    "Cursor",
     "ProjectionFailure",
+    "StaleCheckpoint",
     "advance",
     "advance_from",
     "clear_failure",
+    "cursor_of",
     "ensure",
     "load",
     "load_all",
@@ -49,6 +52,17 @@ __all__ = [
 ]
 
 Cursor = tuple[int, int]
+"""``(transaction_order, global_position)``: a place in the store's global order."""
+
+
+class StaleCheckpoint(Exception):
+    """The stored checkpoint is not where the writer expected it (an operator moved it): re-read it."""
+
+
+def cursor_of(event: RecordedEvent) -> Cursor:
+    """The cursor just at ``event``."""
+    return event.transaction_order, event.global_position
+
 
 _COLUMNS = (
     "projection_name, transaction_order::text AS transaction_order, global_position, state, "
@@ -268,17 +282,17 @@ def record_failure(
 _LIST_FAILURES = sa.text(
     "SELECT projection_name, global_position, event_id, event_type, stream_id, error, status, recorded_at, "
     "attempts, traceback FROM projection_failures "
-    "WHERE CAST(:name AS text) IS NULL OR projection_name = CAST(:name AS text) ORDER BY id"
+    "WHERE (CAST(:name AS text) IS NULL OR projection_name = CAST(:name AS text)) "
+    "AND (CAST(:status AS text) IS NULL OR status = CAST(:status AS text)) ORDER BY id"
 )
 _RESOLVE_FAILURE = sa.text(
     "UPDATE projection_failures SET status = :status "
     "WHERE projection_name = :name AND global_position = :position AND status = 'failed'"
 )
-_WAKE = sa.text("SELECT pg_notify(:channel, '')")
 
 
-def list_failures(conn: Connection, name: str | None = None) -> list[ProjectionFailure]:
-    """Recorded poison events, oldest first (of one projection, or of all)."""
+def list_failures(conn: Connection, name: str | None = None, *, status: str | None = None) -> list[ProjectionFailure]:
+    """Recorded poison events, oldest first (of one projection, or of all; with one ``status``, or any)."""
     return [
         ProjectionFailure(
             projection_name=row.projection_name,
@@ -292,7 +306,7 @@ def list_failures(conn: Connection, name: str | None = None) -> list[ProjectionF
             attempts=row.attempts,
             traceback=row.traceback,
         )
-        for row in conn.execute(_LIST_FAILURES, {"name": name})
+        for row in conn.execute(_LIST_FAILURES, {"name": name, "status": status})
     ]
 
 
@@ -303,4 +317,4 @@ def resolve_failure(conn: Connection, name: str, position: int, status: str) -> 
 
 def wake_runners(conn: Connection) -> None:
     """Send the store's wake-up notification (at commit), so runners look at their checkpoints now."""
-    conn.execute(_WAKE, {"channel": NOTIFY_CHANNEL})
+    conn.exec_driver_sql(WAKE_UP)

@@ -1,0 +1,372 @@
+"""One projection's session: its lock, and the connection every batch of it commits on.
+
+Guarantees
+==========
+
+- **Nothing skipped, nothing repeated.** Events are read after the stored
+  checkpoint cursor with :meth:`EventStore.read_after_cursor` (the gap rule of
+  :mod:`eventstore.store`), in a connection that holds no transaction id. The
+  handlers' writes and the checkpoint move commit in one transaction, and the
+  checkpoint only moves forward (:func:`eventstore.runner.checkpoints.advance_from`).
+- **One active runner per projection**: the projection's session advisory
+  lock (:mod:`eventstore.runner.ownership`) is held on the *session
+  connection*, and every batch transaction runs **on that same connection**,
+  so the lock check is free and exact: if the session (and with it the lock)
+  is gone, the batch cannot commit; if the commit succeeds, the lock was held.
+- **Poison events** follow :mod:`eventstore.runner.poison`; other projections
+  keep running either way.
+- ``on_batch`` runs after each commit: at most once per batch (a crash between
+  the commit and the call loses it).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from eventstore.errors import ProjectionBusy, ProjectionError
+from eventstore.projection import Projection
+from eventstore.runner import checkpoints, ownership
+from eventstore.runner.checkpoints import Checkpoint, Cursor, StaleCheckpoint, cursor_of
+from eventstore.runner.poison import HandlerFailed, apply_policy, describe, guarded
+from eventstore.runner.settings import RunnerSettings
+from eventstore.store import EventStore
+from eventstore.types import RecordedEvent
+
+__all__ = ["CatchUpResult", "OnBatch", "OnCommit", "ProjectionSession"]
+
+logger = logging.getLogger(__name__)
+
+OnBatch = Callable[[str, list[RecordedEvent]], None]
+OnCommit = Callable[[str, Cursor], None]
+
+_PING = sa.text("SELECT 1")
+
+
+@dataclass(slots=True)
+class CatchUpResult:
+    """What one :meth:`ProjectionSession.catch_up` did."""
+
+    processed: int = 0
+    """Events consumed (applied, passed over, or skipped as poison)."""
+    caught_up: bool = False
+    failed: bool = False
+
+
+class ProjectionSession:
+    """A held projection lock and the connection every batch of that projection commits on.
+
+    Create with :meth:`acquire`; always :meth:`release`.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        projection: Projection,
+        connection: Connection,
+        *,
+        settings: RunnerSettings,
+        owner: str,
+        stop: threading.Event,
+        on_batch: OnBatch | None = None,
+        on_commit: OnCommit | None = None,
+    ) -> None:
+        self.store = store
+        self.projection = projection
+        self.name = projection.name
+        self.connection = connection
+        self.settings = settings
+        self.owner = owner
+        self.stop = stop
+        self.on_batch = on_batch
+        self.on_commit = on_commit
+        self._filtered = bool(projection.categories or projection.event_types)
+        # The checkpoint as this session last committed or read it. While the
+        # lock is held only an operator's skip/retry (of a failed projection)
+        # moves it, and every batch re-checks it under the row lock (StaleCheckpoint),
+        # so the hot path needs no extra read per wake-up.
+        self._cursor: Cursor | None = None
+
+    @classmethod
+    def acquire(
+        cls,
+        engine: Engine,
+        store: EventStore,
+        projection: Projection,
+        *,
+        settings: RunnerSettings,
+        stop: threading.Event,
+        owner: str | None = None,
+        state: str = "running",
+        on_batch: OnBatch | None = None,
+        on_commit: OnCommit | None = None,
+    ) -> ProjectionSession | None:
+        """Take the projection's lock and set it up; None when another session holds the lock.
+
+        Runs ``projection.setup()`` and creates the checkpoint row. Raises the
+        driver's errors when the database cannot be reached.
+        """
+        connection = engine.connect()
+        try:
+            with connection.begin():
+                held = ownership.try_take(connection, projection.name)
+            if not held:
+                connection.close()
+                return None
+            owner = owner or ownership.owner_id()
+            with connection.begin():
+                ownership.take_setup_lock(connection)
+                projection.setup(connection)
+                checkpoints.ensure(connection, projection.name)
+                current = checkpoints.lock(connection, projection.name)
+                failed = current is not None and current.failed
+                checkpoints.set_state(connection, projection.name, "failed" if failed else state, owner=owner)
+        except BaseException:
+            connection.close()
+            raise
+        logger.info(
+            "projection %s: lock acquired",
+            projection.name,
+            extra={"projection_name": projection.name, "owner": owner, "state": state},
+        )
+        return cls(
+            store,
+            projection,
+            connection,
+            settings=settings,
+            owner=owner,
+            stop=stop,
+            on_batch=on_batch,
+            on_commit=on_commit,
+        )
+
+    @classmethod
+    def acquire_or_busy(
+        cls,
+        engine: Engine,
+        store: EventStore,
+        projection: Projection,
+        *,
+        settings: RunnerSettings,
+        stop: threading.Event,
+        owner: str | None = None,
+        state: str = "running",
+        on_batch: OnBatch | None = None,
+        on_commit: OnCommit | None = None,
+    ) -> ProjectionSession:
+        """Like :meth:`acquire`, for one-off work (catch up, rebuild, reset) that must not wait.
+
+        Raises:
+            ProjectionBusy: another session holds the projection (names its owner).
+        """
+        session = cls.acquire(
+            engine,
+            store,
+            projection,
+            settings=settings,
+            stop=stop,
+            owner=owner,
+            state=state,
+            on_batch=on_batch,
+            on_commit=on_commit,
+        )
+        if session is None:
+            with store.engine.connect() as connection:
+                current = checkpoints.load(connection, projection.name)
+            raise ProjectionBusy(projection.name, current.owner if current else None)
+        return session
+
+    def release(self) -> None:
+        """Record the stopped state, unlock and close; never raises (a dead connection released already)."""
+        try:
+            if not (self.connection.invalidated or self.connection.closed):
+                with self.connection.begin():
+                    current = checkpoints.lock(self.connection, self.name)
+                    if current is not None and current.state != "failed":
+                        checkpoints.set_state(self.connection, self.name, "stopped", owner=None)
+                with self.connection.begin():
+                    ownership.release(self.connection, self.name)
+        except Exception as error:  # the lock dies with the connection anyway
+            logger.debug("projection %s: release failed: %s", self.name, error, extra={"projection_name": self.name})
+        finally:
+            self.connection.close()
+        logger.info("projection %s: lock released", self.name, extra={"projection_name": self.name})
+
+    def ping(self) -> None:
+        """Check the session connection (and so the lock) is alive; raises the driver error if not."""
+        with self.connection.begin():
+            self.connection.execute(_PING)
+
+    def load(self) -> Checkpoint:
+        """The stored checkpoint (read without taking a transaction id)."""
+        with self.connection.begin():
+            current = checkpoints.load(self.connection, self.name)
+        if current is None:
+            raise ProjectionError(f"projection {self.name!r}: its checkpoint row disappeared; restart the runner")
+        return current
+
+    # -- catching up ----------------------------------------------------------
+
+    def catch_up(self, *, progress: Callable[[int], None] | None = None) -> CatchUpResult:
+        """Apply every readable event after the checkpoint, batch by batch, until a short read.
+
+        Returns early (``caught_up=False``) when :attr:`stop` is set; the
+        current batch is finished and committed first. Returns with
+        ``failed=True`` when the projection is (or becomes) failed.
+        """
+        result = CatchUpResult()
+        while not self.stop.is_set():
+            try:
+                self._catch_up_from_checkpoint(result, progress)
+                return result
+            except StaleCheckpoint:
+                self._cursor = None
+                logger.info(
+                    "projection %s: checkpoint moved by someone else; re-reading it",
+                    self.name,
+                    extra={"projection_name": self.name},
+                )
+        return result
+
+    def _catch_up_from_checkpoint(self, result: CatchUpResult, progress: Callable[[int], None] | None) -> None:
+        cursor = self._cursor
+        if cursor is None:
+            current = self.load()
+            if current.failed:
+                result.failed = True
+                return
+            cursor = current.cursor
+        # With filters, a short read proves every matching event up to the head
+        # was seen, so the checkpoint may jump there (see _advance_to_head).
+        head = self._head_cursor() if self._filtered else None
+        batch_size = self.settings.batch_size
+        while True:
+            events = list(
+                self.store.read_after_cursor(
+                    cursor,
+                    limit=batch_size,
+                    categories=self.projection.categories or None,
+                    event_types=self.projection.event_types or None,
+                )
+            )
+            if events:
+                cursor, consumed, failed = self._apply(events, cursor)
+                result.processed += consumed
+                if progress is not None and consumed:
+                    progress(consumed)
+                if failed:
+                    result.failed = True
+                    return
+                if consumed < len(events):  # stopped during a retry
+                    return
+            if len(events) < batch_size:
+                if head is not None and head > cursor:
+                    self._commit([], cursor, head)
+                result.caught_up = True
+                return
+            if self.stop.is_set():
+                return
+
+    def _head_cursor(self) -> Cursor | None:
+        # The head is read before the events: its fence is older than theirs,
+        # so every event at or below it is visible to the reads that follow.
+        position = self.store.head_position()
+        return self.store.order_of(position) if position else None
+
+    def _apply(self, events: list[RecordedEvent], cursor: Cursor) -> tuple[Cursor, int, bool]:
+        """Apply ``events``; (new cursor, events consumed, failed)."""
+        consumed = 0
+        chunks: list[list[RecordedEvent]] = [events]
+        while chunks:
+            chunk = chunks.pop(0)
+            try:
+                cursor = self._commit(chunk, cursor, cursor_of(chunk[-1]))
+                consumed += len(chunk)
+                continue
+            except HandlerFailed as failure:
+                if failure.index is None and len(chunk) > 1:
+                    # An apply_batch override failed somewhere: halve until the event is found.
+                    middle = len(chunk) // 2
+                    chunks[:0] = [chunk[:middle], chunk[middle:]]
+                    continue
+                if failure.index is not None and failure.index > 0:
+                    # The events before the failing one are fine: commit them on their own.
+                    chunks[:0] = [chunk[: failure.index], chunk[failure.index :]]
+                    continue
+                first_error = failure.error
+            outcome = self._retry_poison(chunk[0], cursor, first_error)
+            if outcome == "stopped":
+                return cursor, consumed, False
+            if outcome == "failed":
+                return cursor, consumed, True
+            cursor = cursor_of(chunk[0])
+            consumed += 1
+            if len(chunk) > 1:
+                chunks.insert(0, chunk[1:])
+        return cursor, consumed, False
+
+    def _retry_poison(self, event: RecordedEvent, cursor: Cursor, error: BaseException) -> str:
+        """Retry one failing event with backoff; then apply the policy. 'applied', 'skipped', 'failed', 'stopped'."""
+        attempts = 1
+        delay = self.settings.retry_delay
+        while attempts < self.settings.retry_attempts:
+            logger.warning(
+                "projection %s: handler failed on position %d (attempt %d of %d): %s",
+                self.name,
+                event.global_position,
+                attempts,
+                self.settings.retry_attempts,
+                describe(error),
+                extra={"projection_name": self.name, "global_position": event.global_position, "attempt": attempts},
+            )
+            if self.stop.wait(delay):
+                return "stopped"
+            delay = min(delay * 2, self.settings.retry_max_delay)
+            attempts += 1
+            try:
+                self._commit([event], cursor, cursor_of(event))
+                return "applied"
+            except HandlerFailed as failure:
+                error = failure.error
+        outcome = apply_policy(self.connection, self.projection, event, cursor, error, attempts)
+        if outcome == "skipped":
+            self._cursor = cursor_of(event)
+            if self.on_commit is not None:
+                self.on_commit(self.name, cursor_of(event))
+        else:
+            self._cursor = None
+        return outcome
+
+    def _commit(self, events: list[RecordedEvent], cursor: Cursor, new_cursor: Cursor) -> Cursor:
+        """Apply ``events`` and move the checkpoint from ``cursor`` to ``new_cursor``, in one transaction."""
+        connection = self.connection
+        with connection.begin():
+            # First the checkpoint row: its lock serialises this batch with operators'
+            # skip/replay (see checkpoints), and the move commits only with the handlers' writes.
+            if not checkpoints.advance_from(connection, self.name, cursor, new_cursor):
+                raise StaleCheckpoint
+            self._apply_in(connection, events)
+        self._cursor = new_cursor
+        if self.on_commit is not None:
+            self.on_commit(self.name, new_cursor)
+        if events and self.on_batch is not None:
+            try:
+                self.on_batch(self.name, events)
+            except Exception:
+                logger.exception("projection %s: on_batch callback failed", self.name,
+                                 extra={"projection_name": self.name})  # fmt: skip
+        return new_cursor
+
+    def _apply_in(self, connection: Connection, events: list[RecordedEvent]) -> None:
+        """Run the handlers: one apply_batch call if overridden, else per event (to know which one failed)."""
+        if type(self.projection).apply_batch is not Projection.apply_batch:
+            guarded(connection, None, functools.partial(self.projection.apply_batch, events, connection))
+            return
+        for index, event in enumerate(events):
+            guarded(connection, index, functools.partial(self.projection.apply, event, connection))

@@ -1,0 +1,38 @@
+"""The runner's timing and retry knobs, checked once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eventstore.errors import ConfigurationError
+
+__all__ = ["RunnerSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    """Timing and retry knobs (seconds). Defaults suit production; tests shrink them."""
+
+    batch_size: int = 500
+    poll_interval: float = 5.0
+    """Fallback re-check when no notification arrives (a lost wake-up only delays)."""
+    held_back_interval: float = 0.2
+    """Re-check period while events wait behind an open transaction (it may send no wake-up)."""
+    lock_retry_interval: float = 1.0
+    """How often a standby tries to take the projection lock."""
+    retry_attempts: int = 3
+    """Handler attempts on a poison event, the first included, before the on_error policy applies."""
+    retry_delay: float = 0.1
+    retry_max_delay: float = 2.0
+    reconnect_initial_delay: float = 0.1
+    reconnect_max_delay: float = 5.0
+    liveness_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch_size={self.batch_size}; it must be at least 1")
+        if self.retry_attempts < 1:
+            raise ConfigurationError(f"retry_attempts={self.retry_attempts}; it must be at least 1")
+        for field in ("poll_interval", "held_back_interval", "lock_retry_interval", "reconnect_max_delay"):
+            if getattr(self, field) <= 0:
+                raise ConfigurationError(f"{field}={getattr(self, field)}; it must be a positive number of seconds")
