@@ -126,7 +126,7 @@ def test_rebuild_replays_everything_and_can_be_stopped(store: EventStore, engine
             stop.set()
 
     assert admin.rebuild(store, ledger, progress=stop_after_first, stop_event=stop, batch_size=100) == 100
-    with pytest.raises(TimeoutError, match="'rebuilt' .*did not process"):
+    with pytest.raises(TimeoutError, match=r"'rebuilt' .*did not process"):
         admin.wait_until_processed(store, "rebuilt", last, timeout=0.05)
     assert ProjectionRunner(store, [ledger], **FAST).run_until_caught_up() == 200
     with engine.connect() as connection:
