@@ -149,7 +149,7 @@ def create_roles(url_or_engine: str | Engine, *, prefix: str = "eventstore", sch
     Raises:
         ConfigurationError: bad ``prefix``/``schema``, or the schema is not migrated.
         DatabaseUnavailable: PostgreSQL cannot be reached.
-        psycopg.errors.InsufficientPrivilege: the connecting role may not create roles or grant.
+        PermissionDenied: the connecting role may not create roles or grant.
     """
     names = role_names(prefix)
     _check_schema(schema)
