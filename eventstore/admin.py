@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from eventstore.database import translate_driver_errors
 from eventstore.errors import ProjectionError, ProjectionNotFound
@@ -119,27 +118,12 @@ def list_failures(store: EventStore, name: str | None = None, *, open_only: bool
         return checkpoints.list_failures(connection, name, status="failed" if open_only else None)
 
 
-def _locked_failed(connection: Connection, name: str) -> Checkpoint:
-    current = checkpoints.lock(connection, name)
-    if current is None:
-        raise ProjectionNotFound(name)
-    if not current.failed or current.failed_position is None:
-        raise ProjectionError(f"projection {name!r} is not failed (state {current.state!r}); nothing to retry or skip")
-    return current
-
-
 def retry(store: EventStore, name: str) -> int:
     """Clear a failed projection so its runner tries the poison event again; returns its position.
 
     Raises :class:`ProjectionNotFound`, or :class:`ProjectionError` when the projection is not failed.
     """
-    with translate_driver_errors(store.engine), store.engine.begin() as connection:
-        current = _locked_failed(connection, name)
-        position = int(current.failed_position or 0)
-        checkpoints.resolve_failure(connection, name, position, "retried")
-        checkpoints.clear_failure(connection, name, state="running" if current.owner else "idle")
-        checkpoints.wake_runners(connection)
-    return position
+    return _resolve(store, name, "retried")
 
 
 def skip(store: EventStore, name: str) -> int:
@@ -147,11 +131,23 @@ def skip(store: EventStore, name: str) -> int:
 
     Raises :class:`ProjectionNotFound`, or :class:`ProjectionError` when the projection is not failed.
     """
+    return _resolve(store, name, "skipped")
+
+
+def _resolve(store: EventStore, name: str, outcome: str) -> int:
+    """Resolve a failed projection's open failure as ``retried`` or ``skipped`` (moving past it), and wake runners."""
     with translate_driver_errors(store.engine), store.engine.begin() as connection:
-        current = _locked_failed(connection, name)
-        position = int(current.failed_position or 0)
-        checkpoints.advance(connection, name, store.order_of(position))
-        checkpoints.resolve_failure(connection, name, position, "skipped")
+        current = checkpoints.lock(connection, name)
+        if current is None:
+            raise ProjectionNotFound(name)
+        if not current.failed or current.failed_position is None:
+            raise ProjectionError(
+                f"projection {name!r} is not failed (state {current.state!r}); nothing to retry or skip"
+            )
+        position = current.failed_position
+        if outcome == "skipped":
+            checkpoints.advance(connection, name, store.order_of(position))
+        checkpoints.resolve_failure(connection, name, position, outcome)
         checkpoints.clear_failure(connection, name, state="running" if current.owner else "idle")
         checkpoints.wake_runners(connection)
     return position

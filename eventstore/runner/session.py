@@ -26,6 +26,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -148,34 +149,14 @@ class ProjectionSession:
 
     @classmethod
     def acquire_or_busy(
-        cls,
-        engine: Engine,
-        store: EventStore,
-        projection: Projection,
-        *,
-        settings: RunnerSettings,
-        stop: threading.Event,
-        owner: str | None = None,
-        state: str = "running",
-        on_batch: OnBatch | None = None,
-        on_commit: OnCommit | None = None,
+        cls, engine: Engine, store: EventStore, projection: Projection, **options: Any
     ) -> ProjectionSession:
         """Like :meth:`acquire`, for one-off work (catch up, rebuild, reset) that must not wait.
 
         Raises:
             ProjectionBusy: another session holds the projection (names its owner).
         """
-        session = cls.acquire(
-            engine,
-            store,
-            projection,
-            settings=settings,
-            stop=stop,
-            owner=owner,
-            state=state,
-            on_batch=on_batch,
-            on_commit=on_commit,
-        )
+        session = cls.acquire(engine, store, projection, **options)
         if session is None:
             with store.engine.connect() as connection:
                 current = checkpoints.load(connection, projection.name)
