@@ -124,11 +124,6 @@ class Projection:
             not self.event_types or event.type in self.event_types
         )
 
-    @property
-    def handled_types(self) -> frozenset[str]:
-        """The event types this projection has handlers for."""
-        return frozenset(self._handlers)
-
     def handler_for(self, event_type: str) -> Callable[[RecordedEvent, Connection], Any] | None:
         """The bound handler of ``event_type``, or None."""
         attribute = self._handlers.get(event_type)
