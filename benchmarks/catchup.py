@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from eventsourcing.postgres import PostgresAggregateRecorder
 
 from benchmarks.baseline_eventsourcing import BenchApplication, environment, save_order
 from benchmarks.loading import load_events
@@ -65,7 +66,9 @@ def _prepare_eventsourcing(server: BenchServer, count: int) -> tuple[dict[str, s
     template_streams = 10
     for _ in range(template_streams):
         save_order(application, 10, PAYLOAD)
-    table = application.recorder.events_table_name  # type: ignore[attr-defined]
+    recorder = application.recorder
+    assert isinstance(recorder, PostgresAggregateRecorder), type(recorder)
+    table = recorder.events_table_name
     application.close()
     copies = max(1, count // (template_streams * 10))
     with psycopg.connect(server.libpq_url(_ES_DATABASE)) as connection:

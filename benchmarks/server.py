@@ -67,10 +67,12 @@ class BenchServer:
         """The server settings that decide the numbers (version, durability, memory)."""
         names = ["server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared_buffers"]
         with psycopg.connect(self.libpq_url("postgres"), autocommit=True) as connection:
-            return {
-                name: str(connection.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0])  # type: ignore[index]
-                for name in names
-            }
+            values: dict[str, str] = {}
+            for name in names:
+                row = connection.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+                assert row is not None, f"SHOW {name} returned no row"
+                values[name] = str(row[0])
+            return values
 
 
 @contextlib.contextmanager

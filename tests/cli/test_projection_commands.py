@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -169,7 +170,12 @@ def test_projections_module_that_fails_to_import(database_url: str) -> None:
 @pytest.fixture
 def running_runner(store: EventStore) -> Iterator[threading.Thread]:
     """A runner for cli_stream_counts in a background thread, holding its lock."""
-    import cli_sample_projections
+    # pytest puts tests/cli on sys.path and the CLI loads this module by that bare name;
+    # mypy (explicit_package_bases) knows the same file as tests.cli.cli_sample_projections.
+    if TYPE_CHECKING:
+        from tests.cli import cli_sample_projections
+    else:
+        import cli_sample_projections
 
     from eventstore import admin
     from eventstore.runner import ProjectionRunner

@@ -9,6 +9,7 @@ from pathlib import Path
 from typer.testing import Result
 
 from eventstore import EventStore, NewEvent
+from eventstore.testing import TestServer
 
 Invoke = Callable[..., Result]
 
@@ -147,7 +148,7 @@ def test_unreachable_database_names_host_and_port_but_not_the_password(bare_cli:
     assert "Traceback" in verbose.stderr and "s3cret" not in verbose.stderr
 
 
-def test_schema_missing_says_run_migrate(bare_cli: Invoke, test_server) -> None:  # type: ignore[no-untyped-def]
+def test_schema_missing_says_run_migrate(bare_cli: Invoke, test_server: TestServer) -> None:
     name = test_server.create_database(migrated=False)
     try:
         result = bare_cli("--url", test_server.url(name), "log")

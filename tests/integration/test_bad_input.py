@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
 
 from eventstore import DatabaseUnavailable, EventStore, InvalidEvent, NewEvent, SchemaNotReady
+from eventstore.testing import TestServer
 
 SAME_ID = uuid.uuid4()
 
@@ -73,8 +75,9 @@ def test_deep_nesting_is_rejected_before_the_database(store: EventStore) -> None
     deep: dict[str, object] = {}
     cursor = deep
     for _ in range(200):
-        cursor["a"] = {}
-        cursor = cursor["a"]  # type: ignore[assignment]
+        child: dict[str, object] = {}
+        cursor["a"] = child
+        cursor = child
     with pytest.raises(InvalidEvent, match="nested deeper than 128"):
         store.append("s-1", [NewEvent("T", deep)])
 
@@ -89,9 +92,9 @@ def test_deep_nesting_is_rejected_before_the_database(store: EventStore) -> None
         (lambda store: store.read_stream(""), "stream_id: must not be empty"),
     ],
 )
-def test_bad_read_arguments(store: EventStore, call: object, message: str) -> None:
+def test_bad_read_arguments(store: EventStore, call: Callable[[EventStore], object], message: str) -> None:
     with pytest.raises(InvalidEvent, match=message):
-        call(store)  # type: ignore[operator]
+        call(store)
 
 
 def test_unreachable_database_names_host_and_port_never_the_password() -> None:
@@ -103,15 +106,15 @@ def test_unreachable_database_names_host_and_port_never_the_password() -> None:
     assert "SeCrEt" not in repr(store)
 
 
-def test_unmigrated_database_says_to_migrate(test_server: object) -> None:
-    name = test_server.create_database(migrated=False)  # type: ignore[attr-defined]
-    store = EventStore(test_server.url(name))  # type: ignore[attr-defined]
+def test_unmigrated_database_says_to_migrate(test_server: TestServer) -> None:
+    name = test_server.create_database(migrated=False)
+    store = EventStore(test_server.url(name))
     try:
         with pytest.raises(SchemaNotReady, match="eventstore migrate"):
             store.head_position()
     finally:
         store.engine.dispose()
-        test_server.drop_database(name)  # type: ignore[attr-defined]
+        test_server.drop_database(name)
 
 
 def test_text_that_merely_looks_like_an_escaped_nul_is_stored(store: EventStore) -> None:

@@ -14,6 +14,7 @@ from eventstore import (
     STREAM_EXISTS,
     DuplicateEventId,
     EventStore,
+    ExpectedVersion,
     NewEvent,
     UnknownPosition,
     WrongExpectedVersion,
@@ -62,12 +63,12 @@ def test_read_stream_directions_and_limits(store: EventStore) -> None:
     [(NO_STREAM, "no stream"), (5, "version 5"), (0, "no stream")],
 )
 def test_wrong_expected_version_names_stream_expected_and_actual(
-    store: EventStore, expected: object, described: str
+    store: EventStore, expected: int | ExpectedVersion, described: str
 ) -> None:
     store.append("order-7", [placed(), placed()])
 
     with pytest.raises(WrongExpectedVersion) as raised:
-        store.append("order-7", [placed()], expected_version=expected)  # type: ignore[arg-type]
+        store.append("order-7", [placed()], expected_version=expected)
 
     assert str(raised.value) == f"stream 'order-7': expected {described}, but it is at version 2"
     assert (raised.value.stream_id, raised.value.actual) == ("order-7", 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from eventstore import EventStore, NewEvent
 from eventstore.cli import app
 from eventstore.errors import ConfigurationError, DatabaseUnavailable, EventStoreError
+from eventstore.testing import TestServer
 
 SECRET = "SeCrEt-p4ss"
 UNREACHABLE = f"postgresql://alice:{SECRET}@127.0.0.1:1/shop"
@@ -37,11 +39,13 @@ def _with_password(database_url: str) -> str:
     ],
     ids=["append", "read_all", "read_stream", "head_position"],
 )
-def test_unreachable_database_errors_hide_the_password(operation: object, caplog: pytest.LogCaptureFixture) -> None:
+def test_unreachable_database_errors_hide_the_password(
+    operation: Callable[[EventStore], object], caplog: pytest.LogCaptureFixture
+) -> None:
     store = EventStore(UNREACHABLE)
     assert SECRET not in repr(store) and "***" in repr(store)
     with caplog.at_level(logging.DEBUG), pytest.raises(DatabaseUnavailable) as caught:
-        operation(store)  # type: ignore[operator]
+        operation(store)
     text = _everything_about(caught.value)
     assert "127.0.0.1:1/shop" in str(caught.value)
     assert SECRET not in text
@@ -70,9 +74,9 @@ def test_malformed_url_is_a_configuration_error_and_one_cli_line(url: str) -> No
         EventStore(url)
 
 
-def test_reachable_but_unmigrated_database_hides_the_password(test_server: object) -> None:
-    name = test_server.create_database(migrated=False)  # type: ignore[attr-defined]
-    store = EventStore(_with_password(test_server.url(name)))  # type: ignore[attr-defined]
+def test_reachable_but_unmigrated_database_hides_the_password(test_server: TestServer) -> None:
+    name = test_server.create_database(migrated=False)
+    store = EventStore(_with_password(test_server.url(name)))
     try:
         with pytest.raises(EventStoreError) as caught:
             store.head_position()
@@ -80,7 +84,7 @@ def test_reachable_but_unmigrated_database_hides_the_password(test_server: objec
         assert SECRET not in _everything_about(caught.value)
     finally:
         store.engine.dispose()
-        test_server.drop_database(name)  # type: ignore[attr-defined]
+        test_server.drop_database(name)
 
 
 @pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["plain", "verbose"])
