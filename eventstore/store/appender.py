@@ -1,7 +1,7 @@
 """The append hot path's connections, and the wake-up each append sends after its commit.
 
 Why the wake-up is not a NOTIFY inside the appending transaction (as the
-``events_notify_v2`` trigger does for other writers): PostgreSQL serialises
+``events_notify_v3`` trigger does for other writers): PostgreSQL serialises
 notifying commits. A transaction that notified holds a database-wide lock from
 just before its commit until after the commit's WAL flush
 (https://www.postgresql.org/docs/current/sql-notify.html; ``PreCommit_Notify``

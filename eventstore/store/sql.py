@@ -19,6 +19,7 @@ __all__ = [
     "APPEND",
     "NOTIFY_CHANNEL",
     "WAKE_UP",
+    "WAKE_UPS_SKIPPED",
     "COLUMNS",
     "FENCE",
     "HEAD",
@@ -37,8 +38,16 @@ __all__ = [
 NOTIFY_CHANNEL = "eventstore_events_v1"
 """The channel workers LISTEN on. A notification on it is only a wake-up: read the events table."""
 
-WAKE_UP = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
-"""The wake-up eventstore sends itself (after an append's commit, or inside an operator's transaction)."""
+WAKE_UP = "SELECT eventstore_wake_up_v1()"
+"""The wake-up eventstore sends itself (after an append's commit, or inside an operator's transaction).
+
+The database function (migration 0003) is the one definition, shared with the
+NOTIFY trigger: it notifies :data:`NOTIFY_CHANNEL` unless the cluster's queue
+is half full, and then counts the skipped wake-up instead, so a wake-up never
+fails a commit."""
+
+WAKE_UPS_SKIPPED = "SELECT last_value - 1 + CAST(is_called AS int) FROM eventstore_wake_ups_skipped_v1"
+"""How many wake-ups were skipped because the NOTIFY queue was half full (0 if none)."""
 
 FENCE = "pg_snapshot_xmin(pg_current_snapshot())"
 """The gap rule's fence (see :mod:`eventstore.store`): evaluate it in the statement that scans,

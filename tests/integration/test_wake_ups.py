@@ -37,7 +37,7 @@ def terminate_wake_up_connections(store: EventStore) -> int:
             connection.execute(
                 sa.text(
                     "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND query LIKE 'SELECT pg_notify(%' "
+                    "WHERE datname = current_database() AND query LIKE 'SELECT eventstore_wake_up_v1(%' "
                     "AND pid <> pg_backend_pid()"
                 )
             ).all()
@@ -148,7 +148,7 @@ def append_connection_count(engine: sa.Engine) -> int:
             connection.execute(
                 sa.text(
                     "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND query LIKE 'SELECT pg_notify(%'"
+                    "WHERE datname = current_database() AND query LIKE 'SELECT eventstore_wake_up_v1(%'"
                 )
             ).scalar_one()
         )
