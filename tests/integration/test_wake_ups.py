@@ -187,3 +187,33 @@ def test_threads_appending_through_one_store_each_get_a_connection_and_a_wake_up
         assert 1 <= append_connection_count(store.engine) <= 8
     finally:
         listener.close()
+
+
+def test_wake_ups_survive_a_contended_append_and_its_deallocate_all(
+    store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Contended appends roll back on lost races; psycopg then sends DEALLOCATE ALL on that connection.
+
+    That used to drop the store's hand-prepared wake-up statement for good: every
+    later wake-up failed with 'prepared statement "eventstore_wake_up" does not
+    exist' and workers fell back to their poll timer. The wake-up is a plain
+    query now, so nothing server-side can be lost.
+    """
+
+    def append_many(writer: int) -> None:
+        for number in range(150):
+            store.append("order-contended", [NewEvent("OrderPlaced", {"writer": writer, "number": number})])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(append_many, range(4)))
+    assert store.stream_version("order-contended") == 600
+    listener = listen(store)
+    try:
+        with caplog.at_level(logging.WARNING, logger="eventstore"):
+            for number in range(5):
+                store.append(f"order-single-{number}", [placed()])
+            received = sum(1 for _ in listener.notifies(timeout=5, stop_after=5))
+        assert received == 5
+        assert not [record for record in caplog.records if "wake-up" in record.getMessage()]
+    finally:
+        listener.close()
