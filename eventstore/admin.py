@@ -26,8 +26,10 @@ from eventstore.runner.ownership import lock_owners
 from eventstore.runner.session import ProjectionSession
 from eventstore.runner.settings import RunnerSettings
 from eventstore.store import EventStore, sql
+from eventstore.store.stalls import Blocker, fence_blockers
 
 __all__ = [
+    "Blocker",
     "ProjectionFailure",
     "ProjectionStatus",
     "list_failures",
@@ -42,21 +44,25 @@ __all__ = [
 
 
 def _lag_query(categories: Sequence[str], event_types: Sequence[str]) -> str:
-    """Events after a checkpoint that readers can see now (the gap rule's fence), within the filters."""
+    """Events after a checkpoint within the filters; how many of them the gap rule's fence still holds back."""
     return (
         "SELECT count(*) AS lag_events, "  # noqa: S608 - constant fragments only
+        f"count(*) FILTER (WHERE transaction_order >= {sql.FENCE}) AS held_back, "
         "coalesce(extract(epoch FROM now() - min(recorded_at)), 0)::float8 AS lag_seconds FROM events "
-        "WHERE (transaction_order, global_position) > (CAST(%(order)s AS xid8), %(position)s) "
-        f"AND transaction_order < {sql.FENCE}{sql.filter_clause(categories, event_types)}"
+        "WHERE (transaction_order, global_position) > (CAST(%(order)s AS xid8), %(position)s)"
+        f"{sql.filter_clause(categories, event_types)}"
     )
 
 
 @dataclass(frozen=True, slots=True)
 class ProjectionStatus:
-    """One projection's progress. ``state``: running, idle, failed, stopped or rebuilding.
+    """One projection's progress. ``state``: running, idle, held back, failed, stopped or rebuilding.
 
     ``running``/``idle``: a runner holds the lock (``owner`` is its ``host:pid``)
-    and has events to process / is caught up; ``stopped``: no runner holds it.
+    and has events to process / is caught up; ``held back``: a runner holds it
+    but every event it has left waits behind a running transaction (the gap
+    rule's fence; ``blocked_by`` names it); ``stopped``: no runner holds it.
+    ``lag_events`` counts the held-back events too (``held_back`` of them).
     """
 
     name: str
@@ -68,6 +74,10 @@ class ProjectionStatus:
     owner: str | None
     last_error: str | None
     failed_position: int | None
+    held_back: int = 0
+    blocked_by: tuple[Blocker, ...] = ()
+    notify_queue_usage: float = 0.0
+    """``pg_notification_queue_usage()``: the share of the cluster's NOTIFY queue in use (wake-ups stop at 0.5)."""
 
 
 def projection_status(store: EventStore, projections: Sequence[Projection | str]) -> list[ProjectionStatus]:
@@ -79,6 +89,8 @@ def projection_status(store: EventStore, projections: Sequence[Projection | str]
     with translate_driver_errors(store.engine), store.engine.connect() as connection:
         stored = checkpoints.load_all(connection, names)
         held = lock_owners(connection, names)
+        queue_usage = float(connection.exec_driver_sql(sql.NOTIFY_QUEUE_USAGE).scalar_one())
+        lags = []
         for name, categories, event_types in items:
             current = stored.get(name)
             order, position = current.cursor if current else (0, 0)
@@ -86,29 +98,37 @@ def projection_status(store: EventStore, projections: Sequence[Projection | str]
                 _lag_query(categories, event_types),
                 {"order": str(order), "position": position, **sql.filter_parameters(categories, event_types)},
             ).one()
-            statuses.append(
-                ProjectionStatus(
-                    name=name,
-                    position=position,
-                    head=head,
-                    lag_events=int(lag.lag_events),
-                    lag_seconds=float(lag.lag_seconds),
-                    state=_state(current, name in held, int(lag.lag_events)),
-                    owner=current.owner if current is not None and name in held else None,
-                    last_error=current.last_error if current else None,
-                    failed_position=current.failed_position if current else None,
-                )
+            lags.append((name, current, position, lag))
+    blockers = tuple(fence_blockers(store.engine)) if any(lag.held_back for *_, lag in lags) else ()
+    for name, current, position, lag in lags:
+        statuses.append(
+            ProjectionStatus(
+                name=name,
+                position=position,
+                head=head,
+                lag_events=int(lag.lag_events),
+                lag_seconds=float(lag.lag_seconds),
+                state=_state(current, name in held, int(lag.lag_events), int(lag.held_back)),
+                owner=current.owner if current is not None and name in held else None,
+                last_error=current.last_error if current else None,
+                failed_position=current.failed_position if current else None,
+                held_back=int(lag.held_back),
+                blocked_by=blockers if lag.held_back else (),
+                notify_queue_usage=queue_usage,
             )
+        )
     return statuses
 
 
-def _state(current: Checkpoint | None, held: bool, lag: int) -> str:
+def _state(current: Checkpoint | None, locked: bool, lag: int, held_back: int) -> str:
     if current is not None and current.state == "failed":
         return "failed"
-    if not held:
+    if not locked:
         return "stopped"
     if current is not None and current.state == "rebuilding":
         return "rebuilding"
+    if lag and lag == held_back:
+        return "held back"
     return "running" if lag else "idle"
 
 

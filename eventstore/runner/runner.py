@@ -35,6 +35,7 @@ from eventstore.runner.listener import Listener
 from eventstore.runner.ownership import owner_id
 from eventstore.runner.session import ProjectionSession
 from eventstore.runner.settings import RunnerSettings
+from eventstore.runner.stalls import StallWatch
 from eventstore.runner.waiting import wait_until_processed
 from eventstore.runner.worker import Worker
 from eventstore.store import NOTIFY_CHANNEL, EventStore
@@ -53,7 +54,7 @@ class ProjectionRunner:
     and the :class:`~eventstore.runner.RunnerSettings` fields (``batch_size``,
     ``held_back_interval``, ``lock_retry_interval``, ``retry_attempts``,
     ``retry_delay``, ``retry_max_delay``, ``reconnect_max_delay``,
-    ``liveness_interval``), plus ``shutdown_timeout``.
+    ``liveness_interval``, ``stall_warning_after``), plus ``shutdown_timeout``.
 
     Raises :class:`ConfigurationError` for a bad projection list (names the
     projection and the fix).
@@ -128,6 +129,7 @@ class ProjectionRunner:
             reconnect_max_delay=self.settings.reconnect_max_delay,
         )
         self.listener = listener
+        stalls = StallWatch(self.store, warn_after=self.settings.stall_warning_after)
         self._workers = [
             Worker(
                 self.store,
@@ -138,6 +140,7 @@ class ProjectionRunner:
                 owner=self.owner,
                 on_batch=self.on_batch,
                 on_commit=self._on_commit,
+                stalls=stalls,
             )
             for projection in self.projections
         ]

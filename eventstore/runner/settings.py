@@ -27,6 +27,8 @@ class RunnerSettings:
     reconnect_initial_delay: float = 0.1
     reconnect_max_delay: float = 5.0
     liveness_interval: float = 5.0
+    stall_warning_after: float = 30.0
+    """Log a WARNING naming the blocking transaction once events have been held back this long."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

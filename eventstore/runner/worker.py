@@ -12,6 +12,7 @@ from eventstore.errors import first_line
 from eventstore.projection import Projection
 from eventstore.runner.session import OnBatch, OnCommit, ProjectionSession
 from eventstore.runner.settings import RunnerSettings
+from eventstore.runner.stalls import StallWatch
 from eventstore.store import EventStore
 
 __all__ = ["Worker"]
@@ -38,6 +39,7 @@ class Worker:
         owner: str,
         on_batch: OnBatch | None = None,
         on_commit: OnCommit | None = None,
+        stalls: StallWatch | None = None,
     ) -> None:
         self.store = store
         self.projection = projection
@@ -47,6 +49,7 @@ class Worker:
         self.owner = owner
         self.on_batch = on_batch
         self.on_commit = on_commit
+        self.stalls = stalls
         self.wake = threading.Event()
         self.active = threading.Event()
         """Set while this worker holds the projection's lock."""
@@ -103,8 +106,11 @@ class Worker:
             if self.stop.is_set():
                 return
             timeout = self.settings.poll_interval
-            if not result.failed and self.store.held_back():
+            held_back = not result.failed and self.store.held_back()
+            if held_back:
                 timeout = min(timeout, self.settings.held_back_interval)
+            if self.stalls is not None and not result.failed:
+                self.stalls.observe(held_back)
             if not self.wake.wait(timeout):
                 session.ping()
 

@@ -24,6 +24,7 @@ __all__ = [
     "FENCE",
     "HEAD",
     "HELD_BACK",
+    "NOTIFY_QUEUE_USAGE",
     "ORDER_OF_POSITION",
     "STORED_BY_ID",
     "STREAM_LOCK",
@@ -101,6 +102,7 @@ HEAD = (
     f"SELECT global_position FROM events WHERE transaction_order < {FENCE} "  # noqa: S608 - constant
     "ORDER BY transaction_order DESC, global_position DESC LIMIT 1"
 )
+NOTIFY_QUEUE_USAGE = "SELECT pg_notification_queue_usage()"
 HELD_BACK = f"SELECT EXISTS (SELECT 1 FROM events WHERE transaction_order >= {FENCE})"  # noqa: S608 - constant
 
 

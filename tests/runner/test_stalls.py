@@ -1,0 +1,95 @@
+"""Stalls made visible: events held back by a transaction in another database of the cluster.
+
+A transaction that holds a transaction id anywhere in the cluster holds back
+the gap rule's fence. Before, ``projections status`` showed every projection
+``idle`` with lag 0 while nothing advanced, and the runner said nothing. Now
+status counts the held-back events in the lag, says ``held back`` and names
+the blocking session; the runner logs one WARNING naming it once the stall
+lasts, and one when it clears.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from eventstore import EventStore, NewEvent, Projection, ProjectionRunner, admin
+from eventstore.testing import TestServer
+from projections import Ledger
+
+
+@pytest.fixture
+def blocker(test_server: TestServer) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An open transaction holding an xid, in another database of the same cluster."""
+    name = test_server.create_database(migrated=False)
+    url = sa.make_url(test_server.url(name)).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = psycopg.connect(url, application_name="billing-batch")
+    connection.execute("SELECT pg_current_xact_id()")
+    try:
+        yield connection
+    finally:
+        connection.close()
+        test_server.drop_database(name)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_status_counts_held_back_events_and_names_the_blocker(
+    store: EventStore, blocker: psycopg.Connection[tuple[object, ...]], start_runner: Callable[..., ProjectionRunner]
+) -> None:
+    ledger: Projection = Ledger("stalled")
+    runner = start_runner([ledger])
+    _wait_for(lambda: runner.active_projections() == ["stalled"])
+    store.append("order-1", [NewEvent("OrderPlaced", {"total": 1})])
+
+    (status,) = admin.projection_status(store, [ledger])
+    assert (status.state, status.lag_events, status.held_back, status.position) == ("held back", 1, 1, 0)
+    (who,) = status.blocked_by
+    assert who.pid == blocker.info.backend_pid
+    assert who.application_name == "billing-batch"
+    assert who.database == blocker.info.dbname
+    assert who.state == "idle in transaction"
+    assert who.transaction_seconds is not None and who.transaction_seconds >= 0
+    assert f"pid {who.pid} (app `billing-batch`, database `{who.database}`, idle in transaction for" in who.describe()
+    assert 0.0 <= status.notify_queue_usage < 0.5
+
+    blocker.commit()
+    _wait_for(lambda: admin.projection_status(store, [ledger])[0].position > 0)
+    (status,) = admin.projection_status(store, [ledger])
+    assert (status.state, status.lag_events, status.held_back, status.blocked_by) == ("idle", 0, 0, ())
+
+
+def test_the_runner_warns_once_about_a_lasting_stall_and_once_when_it_clears(
+    store: EventStore,
+    blocker: psycopg.Connection[tuple[object, ...]],
+    start_runner: Callable[..., ProjectionRunner],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="eventstore.runner.stalls")
+    runner = start_runner([Ledger("first"), Ledger("second")], stall_warning_after=0.3)
+    _wait_for(lambda: sorted(runner.active_projections()) == ["first", "second"])
+    store.append("order-1", [NewEvent("OrderPlaced", {"total": 1})])
+
+    def messages() -> list[str]:
+        return [record.getMessage() for record in caplog.records if record.name == "eventstore.runner.stalls"]
+
+    _wait_for(lambda: len(messages()) == 1)
+    (warning,) = messages()
+    assert "events have been held back for" in warning
+    assert f"pid {blocker.info.backend_pid} (app `billing-batch`" in warning
+    blocker.commit()
+    _wait_for(lambda: len(messages()) == 2)
+    assert messages()[1].startswith("events are no longer held back (after")
+    runner.wait_until_processed(store.head_position(), timeout=10)
+    assert len(messages()) == 2  # two workers, one warning each way
