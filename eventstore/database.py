@@ -117,7 +117,7 @@ def _raise_translated(engine: Engine, driver_error: BaseException | None, error:
 # not the network: https://www.postgresql.org/docs/current/client-authentication-problems.html
 _REFUSALS = (
     (re.compile(r'password authentication failed for user "(?P<name>[^"]*)"'), "password"),
-    (re.compile(r"no password supplied"), "password"),
+    (re.compile(r"no password supplied"), "no password"),
     (re.compile(r'role "(?P<name>[^"]*)" does not exist'), "role"),
     (
         re.compile(r'(?:Ident|Peer|GSSAPI|SSPI|LDAP|RADIUS|cert) authentication failed for user "(?P<name>[^"]*)"'),
@@ -131,6 +131,7 @@ _REFUSALS = (
 def _raise_refused(engine: Engine, message: str, error: BaseException) -> None:
     """Raise :class:`AuthenticationFailed` or :class:`DatabaseNotFound` if the server refused us; else nothing."""
     where = describe_target(engine)
+    server = f"{engine.url.host or 'localhost'}:{engine.url.port or 5432}"
     user = engine.url.username or "the default user (your operating-system user name)"
     for pattern, kind in _REFUSALS:
         match = pattern.search(message)
@@ -138,13 +139,18 @@ def _raise_refused(engine: Engine, message: str, error: BaseException) -> None:
             continue
         if kind == "database":
             raise DatabaseNotFound(
-                f"database {match['name']!r} does not exist on {where}; create it (createdb {match['name']}) "
-                "or fix the database name in the URL"
+                f"database {match['name']!r} does not exist on the PostgreSQL at {server}; create it "
+                f"(createdb {match['name']}, or CREATE DATABASE) or fix the database name in the URL"
             ) from error
         if kind == "role":
             raise AuthenticationFailed(
                 f"PostgreSQL at {where} has no role {match['name']!r}; put an existing user in the URL "
                 "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE) or create the role"
+            ) from error
+        if kind == "no password":
+            raise AuthenticationFailed(
+                f"PostgreSQL at {where} wants a password for user {user!r} and the URL has none; "
+                "put it in the URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE) or in ~/.pgpass"
             ) from error
         if kind == "password":
             raise AuthenticationFailed(

@@ -34,11 +34,17 @@ def load_projections(module_name: str) -> list[Any]:
         sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
-    except Exception as error:  # any failure while importing user code
+    except ModuleNotFoundError as error:
+        top = module_name.split(".")[0]
+        if error.name != top:
+            raise _import_error(module_name, error) from error
         raise CliError(
-            f"cannot import projections module {module_name!r}: {type(error).__name__}: {first_line(error)}; "
-            "fix the module or pass --projections MODULE (env EVENTSTORE_PROJECTIONS)"
+            f"cannot import projections module {module_name!r}: no module named {top!r} in the current directory "
+            f"({here}) or the installed packages; run eventstore from the directory that holds {top}.py or {top}/ "
+            "(or set PYTHONPATH), or fix --projections MODULE (env EVENTSTORE_PROJECTIONS)"
         ) from error
+    except Exception as error:  # any failure while importing user code
+        raise _import_error(module_name, error) from error
     found = getattr(module, "ALL", None)
     if found is None:
         found = _discover(module)
@@ -53,6 +59,13 @@ def load_projections(module_name: str) -> list[Any]:
     if duplicates:
         raise CliError(f"module {module_name!r} defines projection name(s) twice: {', '.join(duplicates)}")
     return projections
+
+
+def _import_error(module_name: str, error: Exception) -> CliError:
+    return CliError(
+        f"cannot import projections module {module_name!r}: {type(error).__name__}: {first_line(error)}; "
+        "fix the module or pass --projections MODULE (env EVENTSTORE_PROJECTIONS)"
+    )
 
 
 def _discover(module: Any) -> list[Any]:

@@ -14,10 +14,11 @@ from typing import Annotated, Any
 import typer
 
 from eventstore.cli.errors import CliError
+from eventstore.errors import InvalidEvent, UnknownPosition
 from eventstore.store.validation import MAX_INT32
 from eventstore.types import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion
 
-__all__ = ["JsonOption", "expected_version", "parse_json_object"]
+__all__ = ["JsonOption", "append_error", "expected_version", "parse_json_object", "position_error"]
 
 JsonOption = Annotated[bool, typer.Option("--json", envvar="EVENTSTORE_JSON", help="Print JSON instead of text.")]
 
@@ -70,3 +71,36 @@ def parse_json_object(option: str, value: str | None) -> dict[str, Any] | None:
             """wrap it in an object such as '{"value": ...}'"""
         )
     return parsed
+
+
+# The library's field names for one appended event, and what the CLI user typed
+# (longest first: "events[0]" alone is the event as a whole).
+_APPEND_FIELDS = (
+    ("stream_id", "STREAM"),
+    ("events[0].type", "TYPE"),
+    ("events[0].data", "--data"),
+    ("events[0].metadata", "--metadata"),
+    ("events[0]", "the event (--data and --metadata)"),
+)
+
+
+def append_error(error: InvalidEvent) -> CliError:
+    """An :class:`InvalidEvent` from ``append``, its field named as on the command line.
+
+    ``stream_id: ' order-1' has leading ...`` becomes ``STREAM: ' order-1' has
+    leading ...``; a path inside the data keeps its tail (``--data at .amount: ...``).
+    """
+    for field, words in _APPEND_FIELDS:
+        if error.field == field:
+            return CliError(f"{words}: {error.problem}")
+        if error.field.startswith(field) and error.field[len(field)] in ".[ ":
+            return CliError(f"{words} at {error.field[len(field) :].strip()}: {error.problem}")
+    return CliError(str(error))
+
+
+def position_error(option: str, error: UnknownPosition, fix: str) -> CliError:
+    """``--after 7`` / ``--from-position 7`` names no stored event: say so, and what to pass instead."""
+    return CliError(
+        f"{option} {error.position}: no event is stored at position {error.position}; "
+        f"pass a position that `eventstore log` prints, {fix}"
+    )

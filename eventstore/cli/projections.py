@@ -10,9 +10,11 @@ import typer
 from eventstore.cli.context import state
 from eventstore.cli.errors import EXIT_PROJECTION_FAILED, CliError, reports_errors
 from eventstore.cli.loading import pick, pick_one
-from eventstore.cli.options import JsonOption
+from eventstore.cli.options import JsonOption, position_error
 from eventstore.cli.output import print_table, progress_reporter, status
+from eventstore.errors import UnknownPosition, first_line
 from eventstore.store import EventStore
+from eventstore.store.validation import MAX_INT64
 
 __all__ = ["projections_app"]
 
@@ -31,8 +33,12 @@ def failed_error(store: EventStore, names: list[str]) -> CliError:
     for item in admin.projection_status(store, names):
         if item.state != "failed":
             continue
+        event = f"the event at position {item.failed_position}"
+        for failure in admin.list_failures(store, item.name, open_only=True):
+            if failure.global_position == item.failed_position:
+                event = f"the {failure.event_type} event of {failure.stream_id} at position {item.failed_position}"
         lines.append(
-            f"projection {item.name!r} stopped on the event at position {item.failed_position}: {item.last_error}; "
+            f"projection {item.name!r} stopped on {event}: {first_line(item.last_error)}; "
             f"see it with `eventstore projections failures {item.name} --open --traceback`, then fix the "
             f"projection and run `eventstore projections retry {item.name}` "
             f"(or `eventstore projections skip {item.name}`)"
@@ -121,6 +127,7 @@ def projections_rebuild(
         typer.Option(
             "--from-position",
             min=0,
+            max=MAX_INT64,
             envvar="EVENTSTORE_FROM_POSITION",
             help="Keep the read model and re-apply the events after this position.",
         ),
@@ -132,6 +139,11 @@ def projections_rebuild(
     context = state(ctx)
     projection = pick_one(context.projections(), name)
     store = context.store()
+    if from_position:
+        try:
+            store.order_of(from_position)  # before the read model is touched
+        except UnknownPosition as error:
+            raise position_error("--from-position", error, "or leave it out to rebuild from the start") from error
     stop = threading.Event()
     outcome: dict[str, Any] = {}
 

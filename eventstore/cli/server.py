@@ -31,7 +31,10 @@ def server_url(ctx: typer.Context) -> None:
     """Print the embedded database's URL, for --url, psql or EventStore(...) (starts the server if needed)."""
     target = state(ctx).target()
     if target.embedded is None:
-        raise CliError("--url is set, so no embedded server is used; `server url` shows the embedded one's URL")
+        raise CliError(
+            "`server url` prints the embedded server's URL, but --url (or EVENTSTORE_URL) names another database; "
+            "run it without --url and with EVENTSTORE_URL unset"
+        )
     typer.echo(target.embedded.libpq_url(EMBEDDED_DATABASE))
 
 

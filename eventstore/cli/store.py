@@ -10,9 +10,10 @@ import typer
 
 from eventstore.cli.context import state
 from eventstore.cli.errors import CliError, reports_errors
-from eventstore.cli.options import JsonOption, expected_version, parse_json_object
+from eventstore.cli.options import JsonOption, append_error, expected_version, parse_json_object, position_error
 from eventstore.cli.output import emit_json, event_line, event_record, print_events, status
-from eventstore.errors import StreamNotFound, WrongExpectedVersion
+from eventstore.errors import InvalidEvent, StreamNotFound, UnknownPosition, WrongExpectedVersion
+from eventstore.store.validation import MAX_INT32, MAX_INT64
 from eventstore.types import NewEvent
 
 __all__ = ["register"]
@@ -21,7 +22,10 @@ StreamArgument = Annotated[
     str, typer.Argument(metavar="STREAM", help="Stream id, e.g. order-42 (category = text before the first '-').")
 ]
 LimitOption = Annotated[
-    int | None, typer.Option("--limit", "-n", min=0, envvar="EVENTSTORE_LIMIT", help="Print at most this many events.")
+    int | None,
+    typer.Option(
+        "--limit", "-n", min=0, max=MAX_INT64, envvar="EVENTSTORE_LIMIT", help="Print at most this many events."
+    ),
 ]
 CategoryOption = Annotated[
     list[str] | None,
@@ -89,6 +93,8 @@ def append(
     store = state(ctx).store()
     try:
         result = store.append(stream, [event], expected_version=version)
+    except InvalidEvent as error:
+        raise append_error(error) from error
     except WrongExpectedVersion as error:
         raise CliError(
             f"{error}; nothing was written. Read it with `eventstore read {stream}` and retry with "
@@ -112,6 +118,7 @@ def read(
         typer.Option(
             "--from-version",
             min=1,
+            max=MAX_INT32,
             envvar="EVENTSTORE_FROM_VERSION",
             help="First version to print (going --backwards: the newest one).",
         ),
@@ -135,7 +142,13 @@ def log(
     ctx: typer.Context,
     after: Annotated[
         int | None,
-        typer.Option("--after", min=0, envvar="EVENTSTORE_AFTER", help="Start after this global position."),
+        typer.Option(
+            "--after",
+            min=0,
+            max=MAX_INT64,
+            envvar="EVENTSTORE_AFTER",
+            help="Start after this global position (default: from the first event).",
+        ),
     ] = None,
     limit: LimitOption = None,
     category: CategoryOption = None,
@@ -144,7 +157,10 @@ def log(
 ) -> None:
     """Print all events in the global order (optionally filtered)."""
     store = state(ctx).store()
-    events = store.read_all(after=after, limit=limit, categories=category or None, event_types=event_type or None)
+    try:
+        events = store.read_all(after=after, limit=limit, categories=category or None, event_types=event_type or None)
+    except UnknownPosition as error:
+        raise position_error("--after", error, "or 0 for the first event") from error
     count = print_events(events, as_json=as_json)
     status(f"{count} event(s)")
 
@@ -157,6 +173,7 @@ def tail(
         typer.Option(
             "--after",
             min=0,
+            max=MAX_INT64,
             envvar="EVENTSTORE_AFTER",
             help="Start after this global position (0: from the first event). Default: the current head.",
         ),
@@ -164,7 +181,8 @@ def tail(
     category: CategoryOption = None,
     event_type: TypeOption = None,
     count: Annotated[
-        int | None, typer.Option("--count", min=1, envvar="EVENTSTORE_COUNT", help="Stop after this many events.")
+        int | None,
+        typer.Option("--count", min=1, max=MAX_INT64, envvar="EVENTSTORE_COUNT", help="Stop after this many events."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -180,8 +198,13 @@ def tail(
         ready=lambda position: status(f"tailing after position {position}; Ctrl-C to stop"),
     )
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail normally ends
-        for event in events:
-            typer.echo(json.dumps(event_record(event), ensure_ascii=False) if as_json else event_line(event))
+        try:
+            for event in events:
+                typer.echo(json.dumps(event_record(event), ensure_ascii=False) if as_json else event_line(event))
+        except UnknownPosition as error:  # checked before the first event, so nothing was printed
+            raise position_error(
+                "--after", error, "0 for the first event, or leave it out to start at the head"
+            ) from error
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ from eventstore.cli.errors import CliError, reports_errors
 from eventstore.cli.loading import pick_one
 from eventstore.cli.options import JsonOption
 from eventstore.cli.output import print_events
-from eventstore.errors import StreamNotFound
+from eventstore.errors import ProjectionNotFound, StreamNotFound
 
 __all__ = ["streams_app"]
 
@@ -36,19 +36,34 @@ def streams_replay(
 
     context = state(ctx)
     store = context.store()
-    if store.stream_version(stream) == 0:
+    events = store.read_stream(stream)
+    if not events:
         raise CliError(f"{StreamNotFound(stream)}; list streams with `eventstore log` (check the spelling)")
     if projection is None:
-        print_events(store.read_stream(stream), as_json=as_json)
+        print_events(events, as_json=as_json)
         return
     chosen = pick_one(context.projections(), projection)
-    count = admin.replay_stream(store, chosen, stream)
+    handled = [event for event in events if chosen.selects(event)]
+    if not handled:
+        raise CliError(
+            f"projection {projection!r} handles none of the {len(events)} event(s) of {stream} "
+            f"(categories: {', '.join(chosen.categories) or 'all'}; event types: "
+            f"{', '.join(chosen.event_types) or 'all'}), so there is nothing to replay; "
+            "pick the projection that builds this stream's read model (see `eventstore projections list`)"
+        )
+    run_first = f"run `eventstore projections run {projection} --until-caught-up` first"
+    try:
+        count = admin.replay_stream(store, chosen, stream)
+    except ProjectionNotFound as error:
+        raise CliError(
+            f"projection {projection!r} has never run, so its read model holds nothing of {stream} to replay; "
+            f"{run_first} (it applies the stream's events itself)"
+        ) from error
     if count == 0:
         reached = admin.projection_status(store, [chosen])[0].position
-        first = store.read_stream(stream, limit=1)[0].global_position
         raise CliError(
-            f"replayed 0 events of {stream} through {projection}: the projection is at position {reached} and has "
-            f"not reached this stream's events yet (the first is at position {first}), or its filters leave them out; "
-            f"run `eventstore projections run {projection} --until-caught-up` first, then replay again"
+            f"projection {projection!r} is at position {reached} and has not reached {stream}'s events yet "
+            f"(the first it handles is at position {handled[0].global_position}), so there is nothing to replay; "
+            f"{run_first}, then replay again if the read model still looks wrong"
         )
     typer.echo(f"replayed {count} event(s) of {stream} through {projection}")

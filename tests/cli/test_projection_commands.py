@@ -100,7 +100,8 @@ def test_replay_without_forget_stream_and_of_an_unknown_stream(pcli: Invoke, sto
     _orders(store)
     never_run = pcli("streams", "replay", "order-1", "--projection", "cli_totals")
     assert never_run.exit_code == 1
-    assert "no projection named 'cli_totals' has a checkpoint" in never_run.stderr
+    assert "projection 'cli_totals' has never run" in never_run.stderr
+    assert "run `eventstore projections run cli_totals --until-caught-up` first" in never_run.stderr
     assert pcli("projections", "run", "--until-caught-up").exit_code == 0
     no_hook = pcli("streams", "replay", "order-1", "--projection", "cli_totals")
     assert no_hook.exit_code == 1
