@@ -16,6 +16,7 @@ from eventstore.errors import (
     ConfigurationError,
     DatabaseNotFound,
     DatabaseUnavailable,
+    EventStoreError,
     PermissionDenied,
     SchemaNotReady,
     first_line,
@@ -28,8 +29,13 @@ __all__ = [
     "is_connection_error",
     "libpq_url",
     "mask_url",
+    "translate_driver_error",
     "translate_driver_errors",
+    "url_of",
 ]
+
+Target = Engine | sa.URL
+"""Where errors happened: an Engine or its URL (messages name host, port, database and user, never the password)."""
 
 
 def normalise_url(url: str) -> str:
@@ -54,9 +60,33 @@ def create_engine(url_or_engine: str | Engine, **options: Any) -> Engine:
         raise ConfigurationError(f"invalid database URL {mask_url(url_or_engine)!r}: {error}") from error
 
 
-def libpq_url(engine: Engine) -> str:
-    """The engine's URL in libpq form (with password) for raw psycopg connections."""
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+def url_of(url_or_engine: object) -> sa.URL:
+    """The URL of a URL string (libpq or SQLAlchemy form), an Engine, or an AsyncEngine, without connecting.
+
+    For callers that open psycopg connections themselves (the asyncio store).
+
+    Raises:
+        ConfigurationError: not a URL or an engine, or an invalid URL (the message masks the password).
+    """
+    if isinstance(url_or_engine, str):
+        try:
+            return make_url(normalise_url(url_or_engine))
+        except (sa.exc.ArgumentError, ValueError) as error:  # ValueError: e.g. a port that is not a number
+            raise ConfigurationError(f"invalid database URL {mask_url(url_or_engine)!r}: {error}") from error
+    # An AsyncEngine wraps a sync Engine (duck-typed: sqlalchemy.ext.asyncio needs greenlet to import usefully).
+    engine = getattr(url_or_engine, "sync_engine", url_or_engine)
+    if isinstance(engine, Engine):
+        return engine.url
+    raise ConfigurationError(f"expected a database URL or a SQLAlchemy Engine, got {type(url_or_engine).__name__}")
+
+
+def libpq_url(target: Target) -> str:
+    """The URL of an engine (or a URL) in libpq form (with password) for raw psycopg connections."""
+    return _url(target).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _url(target: Target) -> sa.URL:
+    return target.url if isinstance(target, Engine) else target
 
 
 def mask_url(url: str | Engine | sa.URL) -> str:
@@ -70,47 +100,60 @@ def mask_url(url: str | Engine | sa.URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def describe_target(engine: Engine) -> str:
-    """``host:port/database`` of an engine, for error messages (never the password)."""
-    url = engine.url
+def describe_target(target: Target) -> str:
+    """``host:port/database`` of an engine (or a URL), for error messages (never the password)."""
+    url = _url(target)
     return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
 
 
 @contextlib.contextmanager
-def translate_driver_errors(engine: Engine) -> Iterator[None]:
-    """Translate driver errors, raw psycopg or wrapped by SQLAlchemy, into ours.
+def translate_driver_errors(target: Target) -> Iterator[None]:
+    """Translate driver errors, raw psycopg or wrapped by SQLAlchemy, into ours (see :func:`translate_driver_error`).
 
-    "Cannot connect" becomes :class:`DatabaseUnavailable`, "permission denied"
-    :class:`PermissionDenied`, a missing table :class:`SchemaNotReady`; other
-    errors pass through. Messages name host, port and database, never the
-    password.
+    Also the asyncio store's: a plain context manager only catches, so
+    ``with translate_driver_errors(url): await ...`` translates what the
+    awaited call raises.
     """
     try:
         yield
-    except sa.exc.DBAPIError as error:
-        _raise_translated(engine, error.orig, error, lost=error.connection_invalidated)
-        raise
-    except psycopg.Error as error:
-        _raise_translated(engine, error, error, lost=False)
-        raise
+    except (sa.exc.DBAPIError, psycopg.Error) as error:
+        translated = translate_driver_error(target, error)
+        if translated is None:
+            raise
+        raise translated from error
 
 
-def _raise_translated(engine: Engine, driver_error: BaseException | None, error: BaseException, *, lost: bool) -> None:
+def translate_driver_error(target: Target, error: BaseException) -> EventStoreError | None:
+    """Our error for a driver error (raw psycopg or wrapped by SQLAlchemy), or None to let it pass unchanged.
+
+    "Cannot connect" becomes :class:`DatabaseUnavailable` (or
+    :class:`AuthenticationFailed` / :class:`DatabaseNotFound` when the server
+    refused us), "permission denied" :class:`PermissionDenied`, a missing
+    table :class:`SchemaNotReady`; constraint violations and other errors
+    pass. Messages name host, port and database, never the password. The one
+    mapping, for the sync and the asyncio store alike.
+    """
+    if isinstance(error, sa.exc.DBAPIError):
+        driver_error: BaseException | None = error.orig
+        lost = bool(error.connection_invalidated)
+    elif isinstance(error, psycopg.Error):
+        driver_error, lost = error, False
+    else:
+        return None
     if isinstance(driver_error, psycopg.errors.InsufficientPrivilege):
-        raise PermissionDenied(
-            f"{first_line(driver_error)} (as {engine.url.username or 'the default role'})"
-        ) from error
+        return PermissionDenied(f"{first_line(driver_error)} (as {_url(target).username or 'the default role'})")
     if isinstance(driver_error, psycopg.errors.UndefinedTable):
-        raise SchemaNotReady(
-            f"{first_line(driver_error)} in {describe_target(engine)}; run `eventstore migrate` "
+        return SchemaNotReady(
+            f"{first_line(driver_error)} in {describe_target(target)}; run `eventstore migrate` "
             "(or eventstore.migrate(url)) first"
-        ) from error
+        )
     if isinstance(driver_error, psycopg.OperationalError):
-        _raise_refused(engine, str(driver_error), error)
+        refused = _refusal(target, str(driver_error))
+        if refused is not None:
+            return refused
     if isinstance(driver_error, psycopg.OperationalError | psycopg.InterfaceError) or lost:
-        raise DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {describe_target(engine)}: {first_line(driver_error)}"
-        ) from error
+        return DatabaseUnavailable(f"cannot reach PostgreSQL at {describe_target(target)}: {first_line(driver_error)}")
+    return None
 
 
 # What a server says (after "FATAL:") when it refuses the connection itself,
@@ -128,38 +171,40 @@ _REFUSALS = (
 )
 
 
-def _raise_refused(engine: Engine, message: str, error: BaseException) -> None:
-    """Raise :class:`AuthenticationFailed` or :class:`DatabaseNotFound` if the server refused us; else nothing."""
-    where = describe_target(engine)
-    server = f"{engine.url.host or 'localhost'}:{engine.url.port or 5432}"
-    user = engine.url.username or "the default user (your operating-system user name)"
+def _refusal(target: Target, message: str) -> EventStoreError | None:
+    """:class:`AuthenticationFailed` or :class:`DatabaseNotFound` if the server refused us; else None."""
+    where = describe_target(target)
+    url = _url(target)
+    server = f"{url.host or 'localhost'}:{url.port or 5432}"
+    user = url.username or "the default user (your operating-system user name)"
     for pattern, kind in _REFUSALS:
         match = pattern.search(message)
         if match is None:
             continue
         if kind == "database":
-            raise DatabaseNotFound(
+            return DatabaseNotFound(
                 f"database {match['name']!r} does not exist on the PostgreSQL at {server}; create it "
                 f"(createdb {match['name']}, or CREATE DATABASE) or fix the database name in the URL"
-            ) from error
+            )
         if kind == "role":
-            raise AuthenticationFailed(
+            return AuthenticationFailed(
                 f"PostgreSQL at {where} has no role {match['name']!r}; put an existing user in the URL "
                 "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE) or create the role"
-            ) from error
+            )
         if kind == "no password":
-            raise AuthenticationFailed(
+            return AuthenticationFailed(
                 f"PostgreSQL at {where} wants a password for user {user!r} and the URL has none; "
                 "put it in the URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE) or in ~/.pgpass"
-            ) from error
+            )
         if kind == "password":
-            raise AuthenticationFailed(
+            return AuthenticationFailed(
                 f"PostgreSQL at {where} refused the password of user {user!r}; check the user and password in the URL"
-            ) from error
-        raise AuthenticationFailed(
+            )
+        return AuthenticationFailed(
             f"PostgreSQL at {where} refused user {user!r} ({first_line(match.group(0))}); "
             "check the user in the URL and the server's pg_hba.conf"
-        ) from error
+        )
+    return None
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
-"""Wait until projections have processed a position: the one definition of ``wait_until_processed``.
+"""Wait until projections have processed a position: the sync waiter of ``wait_until_processed``.
 
 It polls the stored checkpoints, so it works whichever runner (process, host)
-applies the projections, and keeps waiting through a server restart.
+applies the projections, and keeps waiting through a server restart. The
+decision and the timeout's message are :class:`eventstore.store.progress.ProgressWait`,
+shared with :meth:`eventstore.AsyncEventStore.wait_until_processed`.
 """
 
 from __future__ import annotations
@@ -10,14 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from eventstore.database import is_connection_error
-from eventstore.errors import ProjectionTimeout
-from eventstore.runner import checkpoints
-from eventstore.runner.checkpoints import Checkpoint
-from eventstore.store import EventStore
+from eventstore.store import EventStore, progress
 
 __all__ = ["wait_until_processed"]
-
-_POLL = 0.02
 
 
 def wait_until_processed(
@@ -40,31 +37,17 @@ def wait_until_processed(
     """
     if position <= 0:
         return
-    target = store.order_of(position)
-    deadline = time.monotonic() + timeout
-    names = list(projection_names)
-    stored: dict[str, Checkpoint] = {}
+    wait = progress.ProgressWait(projection_names, position, store.order_of(position), timeout=timeout)
     while True:
         try:
             with store.engine.connect() as connection:
-                stored = checkpoints.load_all(connection, names)
+                rows = connection.exec_driver_sql(progress.PROGRESS, {"names": wait.names}).all()
+            stored = progress.decode(rows)
         except Exception as error:
             if not is_connection_error(error):
                 raise
             stored = {}  # the server is restarting: keep waiting
-        lagging = [name for name in names if name not in stored or stored[name].cursor < target]
-        if not lagging:
+        seconds = wait.next_pause(stored)
+        if seconds is None:
             return
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            details = "; ".join(_describe_lag(name, stored.get(name)) for name in lagging)
-            raise ProjectionTimeout(f"{details}: did not process position {position} within {timeout} s")
-        pause(min(_POLL, remaining))
-
-
-def _describe_lag(name: str, current: Checkpoint | None) -> str:
-    if current is None:
-        return f"projection {name!r} (no checkpoint yet)"
-    if current.failed:
-        return f"projection {name!r} (failed at position {current.failed_position}: {current.last_error})"
-    return f"projection {name!r} (at position {current.position}, state {current.state})"
+        pause(seconds)

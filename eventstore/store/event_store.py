@@ -9,42 +9,19 @@ described in :mod:`eventstore.store`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import psycopg
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from eventstore.database import autocommit_driver, create_engine, translate_driver_errors
-from eventstore.errors import (
-    DatabaseUnavailable,
-    DuplicateEventId,
-    InvalidEvent,
-    UnknownPosition,
-    WrongExpectedVersion,
-    first_line,
-)
-from eventstore.store import sql
+from eventstore.database import autocommit_driver, create_engine
+from eventstore.store import protocol
 from eventstore.store.appender import append_connections
-from eventstore.store.validation import (
-    MAX_EVENT_TYPE_LENGTH,
-    MAX_INT32,
-    MAX_INT64,
-    MAX_STREAM_ID_LENGTH,
-    PreparedAppend,
-    check_count,
-    check_names,
-    check_text,
-    prepare_append,
-)
 from eventstore.types import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 
 __all__ = ["EventStore"]
 
 logger = logging.getLogger(__name__)
-
-_APPEND_RETRIES = 20
 
 
 class EventStore:
@@ -136,121 +113,50 @@ class EventStore:
         types and content (a retried request), nothing is written and the
         original result comes back with ``already_stored=True``.
 
+        The logic (what a refused insert means, when to retry a lost race) is
+        :func:`eventstore.store.protocol.append`, shared with
+        :class:`~eventstore.store.AsyncEventStore`.
+
         Raises:
             InvalidEvent: bad input (names the field); nothing was written.
             WrongExpectedVersion: the stream is at another version; nothing was written.
             DuplicateEventId: an event id is stored with other content; nothing was written.
             DatabaseUnavailable: PostgreSQL cannot be reached.
         """
-        prepared = prepare_append(
+        steps = protocol.append(
             stream_id,
             events,
             expected_version,
             max_append_events=self.max_append_events,
             max_event_bytes=self.max_event_bytes,
+            notify=self.notify,
+            own_transaction=connection is None,
         )
-        for attempt in range(_APPEND_RETRIES):
-            # After a lost race, queue behind the other retriers of this stream
-            # instead of racing them again.
-            queue = attempt > 0
-            try:
-                if connection is not None:
-                    # A savepoint keeps the caller's transaction usable after a failure.
-                    with connection.begin_nested():
-                        rows = self._insert_in(connection, prepared, queue=queue)
-                else:
-                    rows = self._insert_in_own_transaction(prepared, queue=queue)
-            except (sa.exc.DBAPIError, psycopg.Error) as error:
-                driver_error = getattr(error, "orig", None) or error
-                constraint = getattr(getattr(driver_error, "diag", None), "constraint_name", None)
-                if constraint == "uq_events_event_id":
-                    return self._explain_short_insert(connection, prepared)
-                if constraint != "uq_events_stream_id_stream_version":
-                    if isinstance(driver_error, psycopg.DataError | psycopg.IntegrityError):
-                        raise InvalidEvent("events", first_line(driver_error)) from error
-                    raise
-                # A concurrent append took the next version first: with ANY we
-                # simply go again; otherwise the expectation no longer holds.
-                if prepared.expected is not ANY:
-                    actual = self._current_version(connection, prepared.stream_id)
-                    raise WrongExpectedVersion(prepared.stream_id, prepared.expected, actual) from error
-                continue
-            if len(rows) == len(prepared.event_ids):
-                last_position, last_version = max(rows, key=lambda row: row[1])
-                return AppendResult(prepared.stream_id, last_version, last_position)
-            # No row: the expectation failed, or this is a retried request.
-            return self._explain_short_insert(connection, prepared)
-        actual = self._current_version(connection, prepared.stream_id)
-        raise WrongExpectedVersion(prepared.stream_id, f"{ANY} (lost {_APPEND_RETRIES} races)", actual)
-
-    def _insert_in(self, connection: Connection, prepared: PreparedAppend, *, queue: bool) -> list[Any]:
-        if queue:
-            # A transaction-scoped lock on the stream, taken in its own statement
-            # so that the insert's snapshot (READ COMMITTED) is taken after the wait.
-            connection.exec_driver_sql(sql.STREAM_LOCK, {"stream_id": prepared.stream_id})
-        # The caller commits, so the trigger sends the wake-up then.
-        statement = sql.APPEND["on" if self.notify else "off"]
-        return list(connection.exec_driver_sql(statement, prepared.parameters).all())
-
-    def _insert_in_own_transaction(self, prepared: PreparedAppend, *, queue: bool) -> list[Any]:
-        """Insert as one autocommit statement (one round trip), then send the wake-up.
-
-        The wake-up goes out after the commit, without waiting (see
-        eventstore/appender.py); the trigger stands aside for this transaction.
-        """
-        parameters = prepared.parameters
-        for attempt in (1, 2):
-            try:
-                with self._append_connections.connection() as connection:
-                    driver = connection.driver
-                    if queue:
-                        with driver.transaction():
-                            driver.execute(sql.STREAM_LOCK, {"stream_id": prepared.stream_id})
-                            rows = driver.execute(sql.APPEND["off"], parameters).fetchall()
-                    else:
-                        rows = driver.execute(sql.APPEND["off"], parameters).fetchall()
-                    if rows and self.notify:
-                        connection.send_wake_up()
-                return rows
-            except DatabaseUnavailable:
-                # A dropped connection is safe to retry once: event ids make
-                # the append idempotent even if the first commit went through.
-                if attempt == 2:
-                    raise
-                logger.warning("append to %s: connection lost, retrying once", prepared.stream_id)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _current_version(self, connection: Connection | None, stream_id: str) -> int:
-        if connection is not None:
-            return int(connection.exec_driver_sql(sql.STREAM_VERSION, {"stream_id": stream_id}).scalar_one())
-        return self.stream_version(stream_id)
-
-    def _explain_short_insert(self, connection: Connection | None, prepared: PreparedAppend) -> AppendResult:
-        """Nothing was inserted: a retried request, a reused event id, or a version mismatch."""
         if connection is None:
-            with translate_driver_errors(self.engine), self.engine.connect() as own:
-                return self._explain_short_insert(own, prepared)
-        stored = connection.exec_driver_sql(sql.STORED_BY_ID, {"event_ids": prepared.event_ids}).all()
-        if len(stored) == len(prepared.event_ids):
-            by_id = {row.event_id: row for row in stored}
-            mismatch = next(
-                (detail for index in range(len(prepared.event_ids))
-                 if (detail := prepared.differs_from(index, by_id[prepared.event_ids[index]]))),
-                None,
-            )  # fmt: skip
-            if mismatch is None:
-                last = by_id[prepared.event_ids[-1]]
-                return AppendResult(prepared.stream_id, last.stream_version, last.global_position, True)
-            raise DuplicateEventId(*mismatch)
-        if stored:
-            first = stored[0]
-            raise DuplicateEventId(
-                first.event_id,
-                f"(stream {first.stream_id!r} version {first.stream_version}) and this append holds only some "
-                "already-stored events",
-            )
-        actual = connection.exec_driver_sql(sql.STREAM_VERSION, {"stream_id": prepared.stream_id}).scalar_one()
-        raise WrongExpectedVersion(prepared.stream_id, prepared.expected, actual)
+            return protocol.drive(steps, self._execute)
+        return protocol.drive(steps, _in_transaction(connection))
+
+    def _execute(self, step: protocol.Read | protocol.Write) -> list[Any]:
+        """Run a step of :mod:`~eventstore.store.protocol` on the store's own connections (errors translated)."""
+        if isinstance(step, protocol.Write):
+            return self._write(step)
+        with autocommit_driver(self.engine) as driver:
+            return driver.execute(step.statement, step.parameters).fetchall()
+
+    def _write(self, step: protocol.Write) -> list[Any]:
+        """One statement: one autocommit round trip; then the wake-up, sent without waiting (see appender.py)."""
+        with self._append_connections.connection() as connection:
+            driver = connection.driver
+            if len(step.statements) == 1:
+                rows = driver.execute(*step.statements[0]).fetchall()
+            else:
+                with driver.transaction():
+                    for statement, parameters in step.statements:
+                        cursor = driver.execute(statement, parameters)
+                    rows = cursor.fetchall()
+            if rows and step.wake_up:
+                connection.send_wake_up()
+        return rows
 
     # -- read -----------------------------------------------------------------
 
@@ -268,16 +174,8 @@ class EventStore:
         forwards, the last version going backwards. An unknown stream gives
         an empty list.
         """
-        check_text("stream_id", stream_id, MAX_STREAM_ID_LENGTH)
-        start = check_count("from_version", from_version, minimum=1, maximum=MAX_INT32)
-        count = check_count("limit", limit, minimum=0, maximum=MAX_INT64)
-        if start is None:
-            start = MAX_INT32 if backwards else 1
-        with autocommit_driver(self.engine) as driver:
-            rows = driver.execute(
-                sql.read_stream(backwards=backwards), {"stream_id": stream_id, "start": start, "limit": count}
-            ).fetchall()
-        return [sql.recorded(row) for row in rows]
+        steps = protocol.read_stream(stream_id, from_version=from_version, backwards=backwards, limit=limit)
+        return protocol.drive(steps, self._execute)
 
     def read_all(
         self,
@@ -298,12 +196,9 @@ class EventStore:
             UnknownPosition: ``after`` is not the position of a stored event.
             InvalidEvent: a bad argument (names it).
         """
-        start = check_count("after", after, minimum=0, maximum=MAX_INT64)
-        remaining = check_count("limit", limit, minimum=0, maximum=MAX_INT64)
-        types = check_names("event_types", event_types, MAX_EVENT_TYPE_LENGTH)
-        wanted_categories = check_names("categories", categories, MAX_STREAM_ID_LENGTH)
-        cursor = self.order_of(start) if start else (0, 0)
-        return self._read_from(cursor, remaining, types, wanted_categories)
+        arguments = protocol.read_all_arguments(after, limit, event_types, categories)
+        cursor = self.order_of(arguments.after) if arguments.after else (0, 0)
+        return self._read_from(cursor, arguments.limit, arguments.event_types, arguments.categories)
 
     def read_after_cursor(
         self,
@@ -327,23 +222,10 @@ class EventStore:
         event_types: list[str] | None,
         categories: list[str] | None,
     ) -> Iterator[RecordedEvent]:
-        query = sql.read_after(categories, event_types)
-        filters = sql.filter_parameters(categories, event_types)
-        order, position = cursor
-        while remaining is None or remaining > 0:
-            batch = self.read_batch_size if remaining is None else min(self.read_batch_size, remaining)
-            parameters = {"after_order": str(order), "after_position": position, "batch": batch, **filters}
-            # Each batch is its own autocommit statement: the reader never
-            # holds a transaction id, so it cannot hold back the fence itself.
-            with autocommit_driver(self.engine) as driver:
-                rows = driver.execute(query, parameters).fetchall()
-            for row in rows:
-                yield sql.recorded(row)
-            if len(rows) < batch:
-                return
-            order, position = rows[-1][1], rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
+        steps = protocol.read_after(
+            cursor, limit=remaining, event_types=event_types, categories=categories, batch_size=self.read_batch_size
+        )
+        return protocol.stream(steps, self._execute)
 
     def head_position(self) -> int:
         """The ``global_position`` of the last event readers can see now (0 if none).
@@ -351,20 +233,15 @@ class EventStore:
         ``read_all(after=store.head_position())`` returns only events that
         become readable later.
         """
-        with translate_driver_errors(self.engine), self.engine.connect() as connection:
-            position = connection.exec_driver_sql(sql.HEAD).scalar_one_or_none()
-        return int(position or 0)
+        return protocol.drive(protocol.head_position(), self._execute)
 
     def held_back(self) -> bool:
         """True when committed events wait behind a still-running transaction (the fence)."""
-        with translate_driver_errors(self.engine), self.engine.connect() as connection:
-            return bool(connection.exec_driver_sql(sql.HELD_BACK).scalar_one())
+        return protocol.drive(protocol.held_back(), self._execute)
 
     def stream_version(self, stream_id: str) -> int:
         """The version of the stream's last event (0 when the stream does not exist)."""
-        check_text("stream_id", stream_id, MAX_STREAM_ID_LENGTH)
-        with translate_driver_errors(self.engine), self.engine.connect() as connection:
-            return int(connection.exec_driver_sql(sql.STREAM_VERSION, {"stream_id": stream_id}).scalar_one())
+        return protocol.drive(protocol.stream_version(stream_id), self._execute)
 
     def order_of(self, position: int) -> tuple[int, int]:
         """The ``(transaction_order, global_position)`` cursor of a stored event.
@@ -372,10 +249,21 @@ class EventStore:
         Raises:
             UnknownPosition: no stored event has this position.
         """
-        with translate_driver_errors(self.engine), self.engine.connect() as connection:
-            order = connection.exec_driver_sql(sql.ORDER_OF_POSITION, {"position": position}).scalar_one_or_none()
-        if order is None:
-            raise UnknownPosition(position)
-        return int(order), position
+        return protocol.drive(protocol.order_of(position), self._execute)
 
-    # -- validation -----------------------------------------------------------
+
+def _in_transaction(connection: Connection) -> Callable[[protocol.Read | protocol.Write], list[Any]]:
+    """Run steps in the caller's transaction: writes in a savepoint, so a failure leaves it usable.
+
+    Errors are not translated here: the caller's SQLAlchemy connection reports them as they are.
+    """
+
+    def execute(step: protocol.Read | protocol.Write) -> list[Any]:
+        if isinstance(step, protocol.Read):
+            return list(connection.exec_driver_sql(step.statement, step.parameters).all())
+        with connection.begin_nested():
+            for statement, parameters in step.statements:
+                result = connection.exec_driver_sql(statement, parameters)
+            return list(result.all())
+
+    return execute
