@@ -2,7 +2,9 @@
 
 Start with :class:`EventStore` (append and read), :func:`migrate` (apply the
 schema), :class:`Repository` (aggregates) and, for read models,
-:class:`Projection` with :class:`ProjectionRunner`.
+:class:`Projection` with :class:`ProjectionRunner`. From asyncio code:
+:class:`AsyncEventStore` and :class:`AsyncRepository`, the same operations
+and guarantees.
 """
 
 from eventstore.errors import (
@@ -26,9 +28,9 @@ from eventstore.errors import (
 )
 from eventstore.migrations import migrate
 from eventstore.projection import Projection, handles
-from eventstore.repository import Aggregate, Repository, applies
+from eventstore.repository import Aggregate, AsyncRepository, Repository, applies
 from eventstore.runner import ProjectionRunner
-from eventstore.store import EventStore
+from eventstore.store import AsyncEventStore, EventStore
 from eventstore.types import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "STREAM_EXISTS",
     "Aggregate",
     "AppendResult",
+    "AsyncEventStore",
+    "AsyncRepository",
     "AuthenticationFailed",
     "ConcurrencyError",
     "ConfigurationError",

@@ -4,7 +4,8 @@ An :class:`Aggregate` rebuilds its state by applying its stream's events in
 version order; command methods call :meth:`Aggregate.record` to add new events
 (applied at once, saved later). :class:`Repository` loads and saves them with
 optimistic concurrency: the version an aggregate was loaded at is the
-expected version of its next append.
+expected version of its next append. :class:`AsyncRepository` does the same
+on an :class:`~eventstore.store.AsyncEventStore`, with the same aggregates.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from eventstore.errors import StreamNotFound
-from eventstore.store import EventStore
+from eventstore.store import AsyncEventStore, EventStore
 from eventstore.types import NO_STREAM, AppendResult, JSONObject, NewEvent, RecordedEvent
 
-__all__ = ["Aggregate", "Repository", "applies"]
+__all__ = ["Aggregate", "AsyncRepository", "Repository", "applies"]
 
 A = TypeVar("A", bound="Aggregate")
 _Applier = Callable[[Any, dict[str, Any]], None]
@@ -105,12 +106,7 @@ class Repository(Generic[A]):
             StreamNotFound: the aggregate has no events.
         """
         aggregate = self.aggregate_class(aggregate_id)
-        events = self.store.read_stream(aggregate.stream_id)
-        if not events:
-            raise StreamNotFound(aggregate.stream_id)
-        for event in events:
-            aggregate._replay(event)
-        return aggregate
+        return _rebuilt(aggregate, self.store.read_stream(aggregate.stream_id))
 
     def save(self, aggregate: A) -> AppendResult | None:
         """Append the aggregate's pending events (None when there are none).
@@ -122,6 +118,55 @@ class Repository(Generic[A]):
             return None
         expected = aggregate.version or NO_STREAM
         result = self.store.append(aggregate.stream_id, aggregate.pending_events, expected_version=expected)
-        aggregate.version = result.stream_version
-        aggregate.pending_events = []
-        return result
+        return _saved(aggregate, result)
+
+
+class AsyncRepository(Generic[A]):
+    """:class:`Repository` for asyncio: load and save aggregates of one class on an :class:`AsyncEventStore`.
+
+    The same aggregates, the same optimistic concurrency: ``save`` appends
+    with the version the aggregate was loaded at, so of two writers that
+    loaded the same version the second gets
+    :class:`~eventstore.errors.WrongExpectedVersion`.
+    """
+
+    def __init__(self, store: AsyncEventStore, aggregate_class: type[A]) -> None:
+        self.store = store
+        self.aggregate_class = aggregate_class
+
+    async def get(self, aggregate_id: str) -> A:
+        """Rebuild the aggregate from its events.
+
+        Raises:
+            StreamNotFound: the aggregate has no events.
+        """
+        aggregate = self.aggregate_class(aggregate_id)
+        return _rebuilt(aggregate, await self.store.read_stream(aggregate.stream_id))
+
+    async def save(self, aggregate: A) -> AppendResult | None:
+        """Append the aggregate's pending events (None when there are none).
+
+        Raises:
+            WrongExpectedVersion: someone saved this aggregate since it was loaded.
+        """
+        if not aggregate.pending_events:
+            return None
+        expected = aggregate.version or NO_STREAM
+        result = await self.store.append(aggregate.stream_id, aggregate.pending_events, expected_version=expected)
+        return _saved(aggregate, result)
+
+
+def _rebuilt(aggregate: A, events: list[RecordedEvent]) -> A:
+    """``aggregate`` with ``events`` (its stream's, in version order) applied; StreamNotFound if there are none."""
+    if not events:
+        raise StreamNotFound(aggregate.stream_id)
+    for event in events:
+        aggregate._replay(event)
+    return aggregate
+
+
+def _saved(aggregate: Aggregate, result: AppendResult) -> AppendResult:
+    """Record that the pending events of ``aggregate`` are stored at ``result``."""
+    aggregate.version = result.stream_version
+    aggregate.pending_events = []
+    return result

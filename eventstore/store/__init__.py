@@ -1,6 +1,11 @@
 """The event store: append to streams and read them back, gap-safe.
 
 Parts: :mod:`~eventstore.store.event_store` (the :class:`EventStore` class),
+:mod:`~eventstore.store.async_event_store` (:class:`AsyncEventStore`, for
+asyncio, on :mod:`~eventstore.store.async_connections`),
+:mod:`~eventstore.store.protocol` (every operation of both, written once
+without I/O), :mod:`~eventstore.store.progress` (``wait_until_processed``'s
+decision),
 :mod:`~eventstore.store.sql` (every statement on ``events``),
 :mod:`~eventstore.store.validation` (input checks),
 :mod:`~eventstore.store.appender` (append connections and wake-ups) and
@@ -46,8 +51,16 @@ The ``after=`` argument of :meth:`EventStore.read_all` takes a plain
 ``global_position``; the store maps it to its order key.
 """
 
+from eventstore.store.async_event_store import AsyncEventStore
 from eventstore.store.event_store import EventStore
 from eventstore.store.sql import NOTIFY_CHANNEL
 from eventstore.store.validation import MAX_EVENT_TYPE_LENGTH, MAX_JSON_DEPTH, MAX_STREAM_ID_LENGTH
 
-__all__ = ["MAX_EVENT_TYPE_LENGTH", "MAX_JSON_DEPTH", "MAX_STREAM_ID_LENGTH", "NOTIFY_CHANNEL", "EventStore"]
+__all__ = [
+    "MAX_EVENT_TYPE_LENGTH",
+    "MAX_JSON_DEPTH",
+    "MAX_STREAM_ID_LENGTH",
+    "NOTIFY_CHANNEL",
+    "AsyncEventStore",
+    "EventStore",
+]

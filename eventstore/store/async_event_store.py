@@ -1,0 +1,266 @@
+"""The :class:`AsyncEventStore`: :class:`~eventstore.store.EventStore` for asyncio.
+
+Every operation is the sync store's own, from :mod:`eventstore.store.protocol`
+(validation, SQL, row decoding, what a refused insert means, the retry of a
+lost race); this module only sends its statements on psycopg's
+``AsyncConnection`` and awaits the rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from eventstore.database import is_connection_error, url_of
+from eventstore.store import progress, protocol, sql
+from eventstore.store.async_connections import AsyncConnections
+from eventstore.types import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["AsyncEventStore"]
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncEventStore:
+    """Append events to streams and read them back from asyncio code; the same guarantees as :class:`EventStore`.
+
+    ``url_or_engine`` is a ``postgresql+psycopg://`` or libpq
+    ``postgresql://`` URL, or a SQLAlchemy ``Engine`` / ``AsyncEngine`` whose
+    URL is used (the store opens its own psycopg ``AsyncConnection``, so the
+    engine's pool, ``connect_args`` and events do not apply). The schema must
+    have been applied with :func:`eventstore.migrate`.
+
+    Guarantees, errors and limits are :class:`EventStore`'s, by construction:
+    both stores run the same operations (:mod:`eventstore.store.protocol`):
+
+    - appends are atomic and idempotent by event id (a retried request gets
+      the original result with ``already_stored=True``); an ``ANY`` append
+      that loses a race for the next version goes again, queued behind the
+      stream's other writers;
+    - reads follow the gap rule (:mod:`eventstore.store`): ``read_all`` never
+      skips or repeats an event and reads in batches of ``read_batch_size``;
+    - bad input raises :class:`~eventstore.errors.InvalidEvent` naming the
+      field before any SQL runs; an unreachable server raises
+      :class:`~eventstore.errors.DatabaseUnavailable`, an unmigrated database
+      :class:`~eventstore.errors.SchemaNotReady`, a role without the right
+      :class:`~eventstore.errors.PermissionDenied`.
+
+    Each append wakes the projection workers after its commit (the wake-up
+    statement, awaited on the same connection; one that fails is logged and
+    never fails the append). ``notify=False`` sends none.
+
+    Connections: one per call in flight, at most 4 kept open between calls
+    (:mod:`eventstore.store.async_connections`). Use a store from one event
+    loop. ``await store.close()`` (or ``async with AsyncEventStore(url) as
+    store:``) closes them; the store stays usable and reconnects on its next
+    call.
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | Engine | AsyncEngine,
+        *,
+        max_append_events: int = 10_000,
+        max_event_bytes: int = 1_048_576,
+        read_batch_size: int = 500,
+        notify: bool = True,
+    ) -> None:
+        self.url = url_of(url_or_engine)
+        self.max_append_events = max_append_events
+        self.max_event_bytes = max_event_bytes
+        self.read_batch_size = read_batch_size
+        self.notify = notify
+        self._connections = AsyncConnections(self.url)
+
+    def __repr__(self) -> str:
+        return f"AsyncEventStore({self.url.render_as_string(hide_password=True)!r})"
+
+    async def close(self) -> None:
+        """Close the idle connections; the store stays usable (a later call connects again)."""
+        await self._connections.close()
+
+    aclose = close
+    """The same as :meth:`close` (the name :func:`contextlib.aclosing` calls)."""
+
+    async def __aenter__(self) -> AsyncEventStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- append ---------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append ``events`` to the end of ``stream_id``, atomically, in one autocommit statement.
+
+        ``expected_version`` is :data:`~eventstore.ANY`, :data:`~eventstore.NO_STREAM`,
+        :data:`~eventstore.STREAM_EXISTS`, or the version of the stream's last
+        event (0 = no stream). Idempotent by event id, as :meth:`EventStore.append`.
+
+        Raises:
+            InvalidEvent: bad input (names the field); nothing was written.
+            WrongExpectedVersion: the stream is at another version (``actual`` says which); nothing was written.
+            DuplicateEventId: an event id is stored with other content; nothing was written.
+            DatabaseUnavailable: PostgreSQL cannot be reached.
+        """
+        steps = protocol.append(
+            stream_id,
+            events,
+            expected_version,
+            max_append_events=self.max_append_events,
+            max_event_bytes=self.max_event_bytes,
+            notify=self.notify,
+            own_transaction=True,
+        )
+        return await protocol.drive_async(steps, self._execute)
+
+    async def _execute(self, step: protocol.Read | protocol.Write) -> list[Any]:
+        """Run a step of :mod:`~eventstore.store.protocol` on one of the store's connections (errors translated)."""
+        async with self._connections.connection() as connection:
+            if isinstance(step, protocol.Read):
+                cursor = await connection.execute(step.statement, step.parameters)
+                return await cursor.fetchall()
+            if len(step.statements) == 1:
+                cursor = await connection.execute(*step.statements[0])
+                rows = await cursor.fetchall()
+            else:
+                async with connection.transaction():
+                    for statement, parameters in step.statements:
+                        cursor = await connection.execute(statement, parameters)
+                    rows = await cursor.fetchall()
+            if rows and step.wake_up:
+                await _wake_up(connection)
+            return rows
+
+    # -- read -----------------------------------------------------------------
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        """The events of one stream in version order (``backwards``: newest first); [] for an unknown stream.
+
+        ``from_version`` is the first version returned: 1 by default going
+        forwards, the last version going backwards.
+
+        Raises:
+            InvalidEvent: a bad argument (names it).
+        """
+        steps = protocol.read_stream(stream_id, from_version=from_version, backwards=backwards, limit=limit)
+        return await protocol.drive_async(steps, self._execute)
+
+    def read_all(
+        self,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        event_types: Iterable[str] | None = None,
+        categories: Iterable[str] | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every event in the global order, fetched lazily in batches: ``async for event in store.read_all(...)``.
+
+        ``after`` is the ``global_position`` of the last event the caller
+        consumed (None or 0: from the start); reading continues exactly after
+        it in the global order (the gap rule). Events held back by a running
+        transaction are not returned yet: read again later.
+
+        Raises:
+            InvalidEvent: a bad argument (names it), at once.
+            UnknownPosition: ``after`` is not the position of a stored event, at the first iteration.
+        """
+        arguments = protocol.read_all_arguments(after, limit, event_types, categories)
+        return self._read_all(arguments)
+
+    async def _read_all(self, arguments: protocol.ReadAllArguments) -> AsyncIterator[RecordedEvent]:
+        cursor = await self.order_of(arguments.after) if arguments.after else (0, 0)
+        steps = protocol.read_after(
+            cursor,
+            limit=arguments.limit,
+            event_types=arguments.event_types,
+            categories=arguments.categories,
+            batch_size=self.read_batch_size,
+        )
+        async for event in protocol.stream_async(steps, self._execute):
+            yield event
+
+    async def head_position(self) -> int:
+        """The ``global_position`` of the last event readers can see now (0 if none)."""
+        return await protocol.drive_async(protocol.head_position(), self._execute)
+
+    async def held_back(self) -> bool:
+        """True when committed events wait behind a still-running transaction (the gap rule's fence)."""
+        return await protocol.drive_async(protocol.held_back(), self._execute)
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The version of the stream's last event (0 when the stream does not exist)."""
+        return await protocol.drive_async(protocol.stream_version(stream_id), self._execute)
+
+    async def order_of(self, position: int) -> tuple[int, int]:
+        """The ``(transaction_order, global_position)`` cursor of a stored event.
+
+        Raises:
+            UnknownPosition: no stored event has this position.
+        """
+        return await protocol.drive_async(protocol.order_of(position), self._execute)
+
+    # -- projections ------------------------------------------------------------
+
+    async def wait_until_processed(
+        self, projection_names: str | Sequence[str], position: int, *, timeout: float = 10.0
+    ) -> None:
+        """Return once every named projection has consumed ``position`` (and everything before it).
+
+        For read-your-writes: ``await store.wait_until_processed("order_summaries",
+        result.global_position, timeout=5)``. It polls the stored checkpoints
+        (every 20 ms at most), so it works whichever runner applies the
+        projections, and keeps waiting while the server is unreachable.
+
+        Raises:
+            ProjectionTimeout: not processed within ``timeout`` seconds; names each lagging projection,
+                its position and, if it is failed, its stored error.
+            UnknownPosition: no stored event has ``position``.
+        """
+        if position <= 0:
+            return
+        names = [projection_names] if isinstance(projection_names, str) else list(projection_names)
+        wait = progress.ProgressWait(names, position, await self.order_of(position), timeout=timeout)
+        while True:
+            try:
+                stored = await protocol.drive_async(progress.load(wait.names), self._execute)
+            except Exception as error:
+                if not is_connection_error(error):
+                    raise
+                stored = {}  # the server is restarting: keep waiting
+            seconds = wait.next_pause(stored)
+            if seconds is None:
+                return
+            await asyncio.sleep(seconds)
+
+
+async def _wake_up(connection: psycopg.AsyncConnection[Any]) -> None:
+    """Wake the projection workers after a committed append; a failure is logged, never raised.
+
+    The append has committed: a wake-up is only a hint (workers re-read on a timer too).
+    """
+    try:
+        await connection.execute(sql.WAKE_UP)
+    except (psycopg.Error, OSError) as error:
+        logger.warning("wake-up not sent (%s); workers find the events on their timer", error)
