@@ -187,6 +187,7 @@ def reset(store: EventStore, projection: Projection) -> None:
                 projection.reset(session.connection)
                 checkpoints.move_to(session.connection, projection.name, (0, 0))
                 checkpoints.clear_failure(session.connection, projection.name, state="stopped")
+                checkpoints.resolve_open_failures(session.connection, projection.name, "retried")
         finally:
             session.release()
     finally:
@@ -227,6 +228,7 @@ def rebuild(
                     projection.reset(session.connection)
                 checkpoints.move_to(session.connection, projection.name, start)
                 checkpoints.clear_failure(session.connection, projection.name, state="rebuilding")
+                checkpoints.resolve_open_failures(session.connection, projection.name, "retried")
             total = projection_status(store, [projection])[0].lag_events
             done = 0
 

@@ -47,6 +47,7 @@ __all__ = [
     "move_to",
     "record_failure",
     "resolve_failure",
+    "resolve_open_failures",
     "set_state",
     "wake_runners",
 ]
@@ -285,6 +286,9 @@ _LIST_FAILURES = sa.text(
     "WHERE (CAST(:name AS text) IS NULL OR projection_name = CAST(:name AS text)) "
     "AND (CAST(:status AS text) IS NULL OR status = CAST(:status AS text)) ORDER BY id"
 )
+_RESOLVE_OPEN_FAILURES = sa.text(
+    "UPDATE projection_failures SET status = :status WHERE projection_name = :name AND status = 'failed'"
+)
 _RESOLVE_FAILURE = sa.text(
     "UPDATE projection_failures SET status = :status "
     "WHERE projection_name = :name AND global_position = :position AND status = 'failed'"
@@ -308,6 +312,11 @@ def list_failures(conn: Connection, name: str | None = None, *, status: str | No
         )
         for row in conn.execute(_LIST_FAILURES, {"name": name, "status": status})
     ]
+
+
+def resolve_open_failures(conn: Connection, name: str, status: str) -> int:
+    """Mark every open failure of ``name`` as ``status`` (a reset or rebuild starts afresh); how many changed."""
+    return int(conn.execute(_RESOLVE_OPEN_FAILURES, {"name": name, "status": status}).rowcount)
 
 
 def resolve_failure(conn: Connection, name: str, position: int, status: str) -> int:

@@ -142,3 +142,21 @@ def test_apply_batch_writes_once_per_batch_and_a_poison_event_is_isolated(store:
     [failure] = admin.list_failures(store, "batch_counter")
     assert (failure.global_position, failure.status) == (positions[40], "skipped")
     assert counter.calls < 20  # one call for the batch, then halving to find the poison event, not 80 calls
+
+
+def test_a_rebuild_or_reset_resolves_the_open_failures_it_starts_over_from(store: EventStore, engine: Engine) -> None:
+    _append(store, ["Good", "Bad", "Good"])
+    stopping = Ledger("stopping", poison_types={"Bad"})
+    ProjectionRunner(store, [stopping], **FAST).run_until_caught_up(timeout=30)
+    assert [f.status for f in admin.list_failures(store, "stopping", open_only=True)] == ["failed"]
+
+    stopping.poison_types = frozenset()  # the bug is fixed; rebuild from the start
+    assert admin.rebuild(store, stopping) == 3
+    assert admin.list_failures(store, "stopping", open_only=True) == []
+    assert [f.status for f in admin.list_failures(store, "stopping")] == ["retried"]
+
+    stopping.poison_types = frozenset({"Bad"})  # and a reset after a new failure
+    assert admin.rebuild(store, stopping) == 1
+    assert len(admin.list_failures(store, "stopping", open_only=True)) == 1
+    admin.reset(store, stopping)
+    assert admin.list_failures(store, "stopping", open_only=True) == []
