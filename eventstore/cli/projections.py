@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ from eventstore.cli.context import state
 from eventstore.cli.errors import EXIT_PROJECTION_FAILED, CliError, reports_errors
 from eventstore.cli.loading import pick, pick_one
 from eventstore.cli.options import JsonOption, position_error
-from eventstore.cli.output import print_table, progress_reporter, status
+from eventstore.cli.output import emit_json, print_table, progress_reporter, status
 from eventstore.errors import UnknownPosition, first_line
 from eventstore.store import EventStore
 from eventstore.store.validation import MAX_INT64
@@ -66,14 +67,34 @@ def projections_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
 @projections_app.command("status")
 @reports_errors
 def projections_status(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Position, lag and state of each projection."""
+    """Position, lag and state of each projection; what holds it back; the NOTIFY queue's usage."""
     from eventstore import admin
 
     context = state(ctx)
     statuses = admin.projection_status(context.store(), context.projections())
-    columns = ("name", "state", "position", "head", "lag_events", "lag_seconds", "owner", "last_error")
-    rows = [tuple(getattr(item, column, None) for column in columns) for item in statuses]
-    print_table(columns, rows, as_json=as_json)
+    columns = ("name", "state", "position", "head", "lag_events", "held_back", "lag_seconds", "owner", "last_error")
+    if as_json:
+        emit_json(
+            [
+                {
+                    **{column: getattr(item, column) for column in columns},
+                    "failed_position": item.failed_position,
+                    "blocked_by": [dataclasses.asdict(blocker) for blocker in item.blocked_by],
+                    "notify_queue_usage": item.notify_queue_usage,
+                }
+                for item in statuses
+            ]
+        )
+        return
+    print_table(columns, [tuple(getattr(item, column) for column in columns) for item in statuses], as_json=False)
+    blockers = {blocker.pid: blocker for item in statuses for blocker in item.blocked_by}
+    for blocker in blockers.values():
+        status(f"events held back by {blocker.describe()}; they are applied once its transaction ends")
+    if statuses and statuses[0].notify_queue_usage >= 0.5:
+        status(
+            f"the NOTIFY queue is {statuses[0].notify_queue_usage:.0%} full: wake-ups are skipped and runners "
+            "poll; find the listener that stopped reading (pg_stat_activity, LISTEN sessions)"
+        )
 
 
 @projections_app.command("run")

@@ -10,6 +10,7 @@ lasts, and one when it clears.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +18,10 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
 from eventstore import EventStore, NewEvent, Projection, ProjectionRunner, admin
+from eventstore.cli import app
 from eventstore.testing import TestServer
 from projections import Ledger
 
@@ -93,3 +96,20 @@ def test_the_runner_warns_once_about_a_lasting_stall_and_once_when_it_clears(
     assert messages()[1].startswith("events are no longer held back (after")
     runner.wait_until_processed(store.head_position(), timeout=10)
     assert len(messages()) == 2  # two workers, one warning each way
+
+
+def test_projections_status_shows_held_back_events_and_the_blocker(
+    database_url: str, store: EventStore, blocker: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    store.append("order-1", [NewEvent("OrderPlaced", {"total": 1})])
+    pid = blocker.info.backend_pid
+    as_json = CliRunner().invoke(app, ["--url", database_url, "projections", "status", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    rows = json.loads(as_json.stdout)
+    assert rows and all((row["lag_events"], row["held_back"]) == (1, 1) for row in rows)
+    assert {row["blocked_by"][0]["pid"] for row in rows} == {pid}
+    assert all(0.0 <= row["notify_queue_usage"] < 0.5 for row in rows)
+    table = CliRunner().invoke(app, ["--url", database_url, "projections", "status"])
+    assert table.exit_code == 0, table.output
+    assert "HELD_BACK" in table.stdout.splitlines()[0]
+    assert f"events held back by pid {pid} (app `billing-batch`" in table.stderr
