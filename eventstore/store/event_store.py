@@ -9,6 +9,7 @@ described in :mod:`eventstore.store`.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -50,7 +51,9 @@ class EventStore:
 
     :meth:`close` (or ``with EventStore(url) as store:``) closes those
     connections, and the engine's pool when the store made the engine from a
-    URL; an engine you pass in stays yours to dispose.
+    URL; an engine you pass in stays yours to dispose. A store that is never
+    closed releases the same when it is garbage-collected or the interpreter
+    exits.
     """
 
     def __init__(
@@ -69,6 +72,12 @@ class EventStore:
         self.read_batch_size = read_batch_size
         self.notify = notify
         self._append_connections = append_connections(self.engine)
+        # A pool's connections ending with the program is normal (psycopg says
+        # so for its own pool, and warns only for other connections): an engine
+        # made here is disposed when the store is collected or at interpreter
+        # exit, so a script that never calls close() leaves nothing unclosed.
+        if self._owns_engine:
+            weakref.finalize(self, self.engine.dispose)
 
     def __repr__(self) -> str:
         return f"EventStore({self.engine.url.render_as_string(hide_password=True)!r})"
