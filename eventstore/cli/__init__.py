@@ -22,6 +22,7 @@ import typer
 from eventstore.cli import store as store_commands
 from eventstore.cli.context import State
 from eventstore.cli.demo import demo
+from eventstore.cli.doctor import doctor
 from eventstore.cli.projections import projections_app
 from eventstore.cli.server import server_app
 from eventstore.cli.streams import streams_app
@@ -43,6 +44,7 @@ app.add_typer(streams_app, name="streams")
 app.add_typer(server_app, name="server")
 store_commands.register(app)
 app.command()(demo)
+app.command()(doctor)
 
 
 class _EchoHandler(logging.Handler):
