@@ -29,7 +29,7 @@ def prepare_targets(server: BenchServer) -> Targets:
     server.create_database("bench_eventstore")
     server.create_database("bench_no_notify")
     server.create_database("bench_raw")
-    server.execute("bench_raw", "ALTER TABLE events DISABLE TRIGGER events_notify_v2")
+    server.execute("bench_raw", "ALTER TABLE events DISABLE TRIGGER events_notify_v3")
     server.execute("bench_raw", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
     server.create_database("bench_raw_notify")  # the NOTIFY trigger on: it fires for raw inserts
     server.execute("bench_raw_notify", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
