@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from eventstore.database import translate_driver_errors
 from eventstore.store.sql import FENCE
 
-__all__ = ["Blocker", "fence_blockers", "held_back"]
+__all__ = ["Blocker", "fence_blockers", "format_duration", "held_back"]
 
 _HELD_BACK = f"SELECT count(*) FROM events WHERE transaction_order >= {FENCE}"  # noqa: S608 - constant
 
@@ -56,7 +56,7 @@ class Blocker:
         parts.append(f"database `{self.database}`" if self.database else "database unknown")
         state = self.state or "state unknown (needs pg_read_all_stats)"
         if self.transaction_seconds is not None:
-            state += f" for {_duration(self.transaction_seconds)}"
+            state += f" for {format_duration(self.transaction_seconds)}"
         parts.append(state)
         return f"pid {self.pid} ({', '.join(parts)})"
 
@@ -84,7 +84,8 @@ def fence_blockers(engine: Engine) -> list[Blocker]:
     ]
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """A duration for people: ``42 s`` under two minutes, ``17 min`` under two hours, else ``3.5 h``."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
