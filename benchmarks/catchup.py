@@ -111,11 +111,7 @@ def _forget_eventsourcing(server: BenchServer, events_table: str) -> None:
 
 
 def measure_catchup(server: BenchServer, results: Results, plan: Plan) -> None:
-    """(a) count, (b) row per event, raw keyset read and the eventsourcing library, interleaved.
-
-    The per-event handlers run twice: as the runner applies them by default (psycopg pipeline mode,
-    ``RunnerSettings.pipeline``) and with ``pipeline=False`` (every statement waits for its answer).
-    """
+    """(a) count, (b) row per event, raw keyset read and the eventsourcing library, interleaved."""
     server.create_database(_DATABASE)
     logger.info("loading %d events", plan.catchup_events)
     load_events(server.libpq_url(_DATABASE), plan.catchup_events)
@@ -135,32 +131,20 @@ def measure_catchup(server: BenchServer, results: Results, plan: Plan) -> None:
             "url": server.url(_DATABASE),
             "projection": "count_batch",
         },
-        "eventstore (a) count in one row, per-event handler, pipelined": {
+        "eventstore (a) count in one row, per-event handler": {
             "kind": "projection",
             "url": server.url(_DATABASE),
             "projection": "count",
-        },
-        "eventstore (a) count in one row, per-event handler, pipeline off": {
-            "kind": "projection",
-            "url": server.url(_DATABASE),
-            "projection": "count",
-            "settings": {"pipeline": False},
         },
         "eventstore (b) row per event, apply_batch": {
             "kind": "projection",
             "url": server.url(_DATABASE),
             "projection": "rows_batch",
         },
-        "eventstore (b) row per event, per-event handler, pipelined": {
+        "eventstore (b) row per event, per-event handler": {
             "kind": "projection",
             "url": server.url(_DATABASE),
             "projection": "rows",
-        },
-        "eventstore (b) row per event, per-event handler, pipeline off": {
-            "kind": "projection",
-            "url": server.url(_DATABASE),
-            "projection": "rows",
-            "settings": {"pipeline": False},
         },
         "eventsourcing library (count in one row)": {
             "kind": "eventsourcing",
