@@ -15,16 +15,6 @@ Guarantees
   is gone, the batch cannot commit; if the commit succeeds, the lock was held.
 - **Poison events** follow :mod:`eventstore.runner.poison`; other projections
   keep running either way.
-- **Per-event handlers are pipelined** (``RunnerSettings.pipeline``, on by
-  default): a batch of two or more events whose projection does not override
-  ``apply_batch`` runs in psycopg pipeline mode
-  (:mod:`eventstore.runner.pipelining`), so its writes go out without waiting
-  for each answer. Pipeline mode reports an error later than the statement
-  that caused it, so a pipelined batch that fails for any reason but a lost
-  connection is rolled back and run again without the pipeline: errors are
-  attributed to their event and the poison-event policy applies exactly as
-  without it. If that second run succeeds, the pipeline itself was the
-  problem (e.g. ``COPY``), and this session stops using it (one WARNING).
 - ``on_batch`` runs after each commit: at most once per batch (a crash between
   the commit and the call loses it).
 """
@@ -41,10 +31,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from eventstore.database import is_connection_error
 from eventstore.errors import ProjectionBusy, ProjectionError
 from eventstore.projection import Projection
-from eventstore.runner import checkpoints, ownership, pipelining
+from eventstore.runner import checkpoints, ownership
 from eventstore.runner.checkpoints import Checkpoint, Cursor, StaleCheckpoint, cursor_of
 from eventstore.runner.poison import HandlerFailed, apply_policy, describe, guarded
 from eventstore.runner.settings import RunnerSettings
@@ -59,14 +48,6 @@ OnBatch = Callable[[str, list[RecordedEvent]], None]
 OnCommit = Callable[[str, Cursor], None]
 
 _PING = sa.text("SELECT 1")
-
-
-class _PipelineFailed(Exception):
-    """A pipelined batch failed (not by a lost connection); ``error`` may belong to an earlier event than it seems."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @dataclass(slots=True)
@@ -112,13 +93,6 @@ class ProjectionSession:
         # moves it, and every batch re-checks it under the row lock (StaleCheckpoint),
         # so the hot path needs no extra read per wake-up.
         self._cursor: Cursor | None = None
-        # Per-event handlers go through psycopg pipeline mode unless turned off, overridden
-        # by apply_batch (which keeps its own statements), or found incompatible (see _commit).
-        self._pipeline = (
-            settings.pipeline
-            and type(projection).apply_batch is Projection.apply_batch
-            and pipelining.supported(connection)
-        )
 
     @classmethod
     def acquire(
@@ -337,7 +311,7 @@ class ProjectionSession:
             delay = min(delay * 2, self.settings.retry_max_delay)
             attempts += 1
             try:
-                self._commit([event], cursor, cursor_of(event), pipelined=False)
+                self._commit([event], cursor, cursor_of(event))
                 return "applied"
             except HandlerFailed as failure:
                 error = failure.error
@@ -350,48 +324,15 @@ class ProjectionSession:
             self._cursor = None
         return outcome
 
-    def _commit(
-        self, events: list[RecordedEvent], cursor: Cursor, new_cursor: Cursor, *, pipelined: bool = True
-    ) -> Cursor:
-        """Apply ``events`` and move the checkpoint from ``cursor`` to ``new_cursor``, in one transaction.
-
-        Pipelined first when allowed (see the module's guarantees); a failed
-        pipelined attempt is rolled back and the batch applied again without
-        the pipeline, which raises :class:`HandlerFailed` with the failing
-        event's index as it always did. A lost connection is raised as it is.
-        """
-        if pipelined and self._pipeline and len(events) > 1:
-            try:
-                return self._commit_once(events, cursor, new_cursor, pipelined=True)
-            except _PipelineFailed as failure:
-                pipeline_error = failure.error
-            new_cursor = self._commit_once(events, cursor, new_cursor, pipelined=False)
-            # The same events applied without the pipeline: the pipeline was the problem.
-            self._pipeline = False
-            logger.warning(
-                "projection %s: per-event handlers failed in pipeline mode but not without it (%s); "
-                "this session applies them without the pipeline from now on (RunnerSettings pipeline=False "
-                "turns it off everywhere)",
-                self.name,
-                describe(pipeline_error),
-                extra={"projection_name": self.name, "error": describe(pipeline_error)},
-            )
-            return new_cursor
-        return self._commit_once(events, cursor, new_cursor, pipelined=False)
-
-    def _commit_once(
-        self, events: list[RecordedEvent], cursor: Cursor, new_cursor: Cursor, *, pipelined: bool
-    ) -> Cursor:
+    def _commit(self, events: list[RecordedEvent], cursor: Cursor, new_cursor: Cursor) -> Cursor:
+        """Apply ``events`` and move the checkpoint from ``cursor`` to ``new_cursor``, in one transaction."""
         connection = self.connection
         with connection.begin():
             # First the checkpoint row: its lock serialises this batch with operators'
             # skip/replay (see checkpoints), and the move commits only with the handlers' writes.
             if not checkpoints.advance_from(connection, self.name, cursor, new_cursor):
                 raise StaleCheckpoint
-            if pipelined:
-                self._apply_pipelined(connection, events)
-            else:
-                self._apply_in(connection, events)
+            self._apply_in(connection, events)
         self._cursor = new_cursor
         if self.on_commit is not None:
             self.on_commit(self.name, new_cursor)
@@ -402,20 +343,6 @@ class ProjectionSession:
                 logger.exception("projection %s: on_batch callback failed", self.name,
                                  extra={"projection_name": self.name})  # fmt: skip
         return new_cursor
-
-    def _apply_pipelined(self, connection: Connection, events: list[RecordedEvent]) -> None:
-        """Run the per-event handlers in pipeline mode; any failure but a lost connection is :class:`_PipelineFailed`.
-
-        Every statement's answer has arrived (and been checked) when this returns.
-        """
-        try:
-            with pipelining.pipelined(connection):
-                for event in events:
-                    self.projection.apply(event, connection)
-        except Exception as error:
-            if is_connection_error(error, connection):
-                raise
-            raise _PipelineFailed(error) from error
 
     def _apply_in(self, connection: Connection, events: list[RecordedEvent]) -> None:
         """Run the handlers: one apply_batch call if overridden, else per event (to know which one failed)."""

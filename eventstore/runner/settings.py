@@ -29,9 +29,6 @@ class RunnerSettings:
     liveness_interval: float = 5.0
     stall_warning_after: float = 30.0
     """Log a WARNING naming the blocking transaction once events have been held back this long."""
-    pipeline: bool = True
-    """Apply per-event handlers in psycopg pipeline mode: their writes go out without waiting for each
-    answer (see :mod:`eventstore.runner.pipelining`). ``False`` waits for every statement, as before."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
