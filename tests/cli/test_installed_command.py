@@ -95,17 +95,17 @@ def test_usage_error_exits_2() -> None:
 
 
 @pytest.mark.skipif(not EVENTSTORE.exists(), reason="the console script is not installed in this environment")
-def test_demo_quick_on_the_embedded_default(tmp_path: Path) -> None:
+def test_demo_quick_on_the_embedded_default(outside_tmp: Path) -> None:
     """The quick start: no --url, so a private PostgreSQL 18 is created, migrated and left running."""
     env = {k: v for k, v in os.environ.items() if k != "EVENTSTORE_URL"}
-    env["EVENTSTORE_HOME"] = str(tmp_path / "home")
+    env["EVENTSTORE_HOME"] = str(outside_tmp / "home")
     try:
         demo = subprocess.run(
             [str(EVENTSTORE), "demo", "--quick"], capture_output=True, text=True, timeout=100, env=env
         )
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "using embedded PostgreSQL 18 at postgresql://postgres@127.0.0.1:" in demo.stderr
-        assert str(tmp_path / "home" / "pgdata") in demo.stderr
+        assert str(outside_tmp / "home" / "pgdata") in demo.stderr
         assert "OK: every read model agrees with the events" in demo.stdout
         assert "PROBLEM" not in demo.stdout
 

@@ -31,10 +31,10 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second() -> None:
 
 
 @pytest.mark.slow
-def test_the_demo_command_runs_as_written(tmp_path: Path) -> None:
+def test_the_demo_command_runs_as_written(outside_tmp: Path) -> None:
     demo, _ = quick_start_commands()
     # The demo in its short mode, in a private embedded-PostgreSQL home.
-    env = {**os.environ, "EVENTSTORE_HOME": str(tmp_path), "EVENTSTORE_DEMO_QUICK": "1"}
+    env = {**os.environ, "EVENTSTORE_HOME": str(outside_tmp), "EVENTSTORE_DEMO_QUICK": "1"}
     env.pop("EVENTSTORE_URL", None)
     try:
         result = subprocess.run(

@@ -25,8 +25,8 @@ from eventstore.store import NOTIFY_CHANNEL, sql
 
 
 @pytest.fixture
-def small_queue_server(tmp_path: Path) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(tmp_path / "pg").ensure_running()
+def small_queue_server(outside_tmp: Path) -> Iterator[LocalPostgres]:
+    server = LocalPostgres(outside_tmp / "pg").ensure_running()
     try:
         with psycopg.connect(_libpq(server.url()), autocommit=True) as admin:
             if admin.info.server_version < 170000:
