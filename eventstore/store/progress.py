@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from eventstore.errors import ProjectionTimeout
 from eventstore.store.protocol import Read, Steps
@@ -48,23 +48,6 @@ class Progress(NamedTuple):
     def failed(self) -> bool:
         """True while the projection is stopped at a poison event."""
         return self.state == "failed"
-
-
-class _Checkpoint(Protocol):
-    """What waiting reads of a checkpoint (:class:`Progress`, or the runner's ``Checkpoint``)."""
-
-    @property
-    def cursor(self) -> tuple[int, int]: ...
-    @property
-    def position(self) -> int: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def failed(self) -> bool: ...
-    @property
-    def failed_position(self) -> int | None: ...
-    @property
-    def last_error(self) -> str | None: ...
 
 
 def decode(rows: Sequence[Any]) -> dict[str, Progress]:
@@ -105,7 +88,7 @@ class ProgressWait:
         self._clock = clock
         self._deadline = clock() + timeout
 
-    def next_pause(self, stored: Mapping[str, _Checkpoint]) -> float | None:
+    def next_pause(self, stored: Mapping[str, Progress]) -> float | None:
         """None when every projection has processed the position; else the seconds to pause before looking again.
 
         ``stored``: the checkpoints just loaded (empty while the server is unreachable).
@@ -124,7 +107,7 @@ class ProgressWait:
         return min(POLL_SECONDS, remaining)
 
 
-def describe_lag(name: str, current: _Checkpoint | None) -> str:
+def describe_lag(name: str, current: Progress | None) -> str:
     """Where a lagging projection is, for :class:`ProjectionTimeout`."""
     if current is None:
         return f"projection {name!r} (no checkpoint yet)"
