@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from eventstore.database import autocommit_driver, create_engine
+from eventstore.database import autocommit_driver, create_engine, translate_driver_error
 from eventstore.store import protocol
 from eventstore.store.appender import append_connections
 from eventstore.types import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
@@ -264,15 +264,23 @@ class EventStore:
 def _in_transaction(connection: Connection) -> Callable[[protocol.Read | protocol.Write], list[Any]]:
     """Run steps in the caller's transaction: writes in a savepoint, so a failure leaves it usable.
 
-    Errors are not translated here: the caller's SQLAlchemy connection reports them as they are.
+    A lost connection, a missing table or a refused privilege is translated
+    like everywhere else (:class:`DatabaseUnavailable`, ...); constraint
+    violations pass untranslated, for the append to explain.
     """
 
     def execute(step: protocol.Read | protocol.Write) -> list[Any]:
-        if isinstance(step, protocol.Read):
-            return list(connection.exec_driver_sql(step.statement, step.parameters).all())
-        with connection.begin_nested():
-            for statement, parameters in step.statements:
-                result = connection.exec_driver_sql(statement, parameters)
-            return list(result.all())
+        try:
+            if isinstance(step, protocol.Read):
+                return list(connection.exec_driver_sql(step.statement, step.parameters).all())
+            with connection.begin_nested():
+                for statement, parameters in step.statements:
+                    result = connection.exec_driver_sql(statement, parameters)
+                return list(result.all())
+        except Exception as error:
+            translated = translate_driver_error(connection.engine, error)
+            if translated is None:
+                raise
+            raise translated from error
 
     return execute

@@ -12,6 +12,7 @@ from eventstore import (
     ANY,
     NO_STREAM,
     STREAM_EXISTS,
+    DatabaseUnavailable,
     DuplicateEventId,
     EventStore,
     ExpectedVersion,
@@ -246,3 +247,18 @@ def test_numbers_round_trip_exactly_through_jsonb(store: EventStore) -> None:
     assert stored == data
     assert [type(stored[key]) for key in data] == [type(value) for value in data.values()]
     assert store.append("sensor-1", [event]).already_stored  # a retry compares equal
+
+
+def test_append_in_a_caller_transaction_whose_connection_dies_raises_database_unavailable(
+    store: EventStore, engine: sa.Engine
+) -> None:
+    """The connection= path maps driver errors like every other path (it raised raw OperationalError)."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with psycopg.connect(libpq_url(engine), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        with pytest.raises(DatabaseUnavailable, match="cannot reach PostgreSQL at"):
+            store.append("order-1", [NewEvent("OrderPlaced", {})], connection=connection)
+        transaction.rollback()
+    assert store.read_stream("order-1") == []
