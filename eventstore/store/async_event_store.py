@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
 from eventstore.database import is_connection_error, url_of
 from eventstore.store import progress, protocol, sql
 from eventstore.store.async_connections import AsyncConnections
+from eventstore.store.subscription import Subscription
+from eventstore.store.subscriptions import SubscriptionHub, SubscriptionSettings
 from eventstore.types import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 
 if TYPE_CHECKING:
@@ -61,7 +63,9 @@ class AsyncEventStore:
     (:mod:`eventstore.store.async_connections`). Use a store from one event
     loop. ``await store.close()`` (or ``async with AsyncEventStore(url) as
     store:``) closes them; the store stays usable and reconnects on its next
-    call.
+    call. Live subscriptions (:meth:`subscribe`) share one more connection,
+    for LISTEN, opened by the first one; ``subscription_settings`` tunes how
+    they poll and reconnect (:class:`~eventstore.store.subscriptions.SubscriptionSettings`).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class AsyncEventStore:
         max_event_bytes: int = 1_048_576,
         read_batch_size: int = 500,
         notify: bool = True,
+        subscription_settings: SubscriptionSettings | None = None,
     ) -> None:
         self.url = url_of(url_or_engine)
         self.max_append_events = max_append_events
@@ -79,12 +84,20 @@ class AsyncEventStore:
         self.read_batch_size = read_batch_size
         self.notify = notify
         self._connections = AsyncConnections(self.url)
+        self.subscription_settings = subscription_settings or SubscriptionSettings()
+        self._subscriptions: SubscriptionHub | None = None
 
     def __repr__(self) -> str:
         return f"AsyncEventStore({self.url.render_as_string(hide_password=True)!r})"
 
     async def close(self) -> None:
-        """Close the idle connections; the store stays usable (a later call connects again)."""
+        """Close the idle connections and the LISTEN connection, ending every subscription's iteration.
+
+        The store stays usable (a later call connects again).
+        """
+        hub, self._subscriptions = self._subscriptions, None
+        if hub is not None:
+            await hub.close()
         await self._connections.close()
 
     aclose = close
@@ -220,6 +233,52 @@ class AsyncEventStore:
             UnknownPosition: no stored event has this position.
         """
         return await protocol.drive_async(protocol.order_of(position), self._execute)
+
+    # -- live -------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        *,
+        after: int | Literal["head"] | None = None,
+        categories: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+        stream_ids: Iterable[str] | None = None,
+        max_buffered: int = 1_000,
+    ) -> Subscription:
+        """The events after ``after``, then live, forever: ``async with store.subscribe(...) as feed: async for ...``.
+
+        ``after`` is a ``global_position`` as in :meth:`read_all` (None or 0:
+        from the start) or ``"head"`` (only what becomes readable from now on).
+        The filters select as :meth:`read_all`'s do, plus ``stream_ids``.
+
+        Guarantees: events come in the global order of the gap rule; none is
+        skipped or repeated, across out-of-order commits, rolled-back appends,
+        a lost LISTEN connection or a server restart (those only delay). All
+        the store's subscriptions share one LISTEN connection and one read per
+        wake-up, and each has a buffer of ``max_buffered`` events: a consumer
+        that falls further behind is detached from the shared read and catches
+        up from the database on its own, without slowing the others. The
+        iteration never ends by itself: cancel the consuming task or leave the
+        ``async with`` (it ends with ``StopAsyncIteration`` when the store is
+        closed). See :mod:`eventstore.store.subscriptions`.
+
+        Raises:
+            InvalidEvent: a bad argument (names it), at once.
+            UnknownPosition: ``after`` is not the position of a stored event, on entering the ``async with``.
+            DatabaseUnavailable: the server cannot be reached on entering (later, the subscription waits).
+        """
+        if self._subscriptions is None or self._subscriptions.closed:
+            self._subscriptions = SubscriptionHub(
+                self.url, self._execute, batch_size=self.read_batch_size, settings=self.subscription_settings
+            )
+        return Subscription(
+            self._subscriptions,
+            after=after,
+            categories=categories,
+            event_types=event_types,
+            stream_ids=stream_ids,
+            max_buffered=max_buffered,
+        )
 
     # -- projections ------------------------------------------------------------
 

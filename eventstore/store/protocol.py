@@ -346,6 +346,7 @@ def read_after(
     event_types: list[str] | None,
     categories: list[str] | None,
     batch_size: int,
+    stream_ids: list[str] | None = None,
 ) -> Steps[None]:
     """Deliver the readable events after ``cursor`` in the global order, ``batch_size`` per statement.
 
@@ -353,8 +354,8 @@ def read_after(
     (:func:`sql.read_after`): the reader never holds a transaction id, so it
     cannot hold back the fence itself.
     """
-    query = sql.read_after(categories, event_types)
-    filters = sql.filter_parameters(categories, event_types)
+    query = sql.read_after(categories, event_types, stream_ids)
+    filters = sql.filter_parameters(categories, event_types, stream_ids)
     order, position = cursor
     remaining = limit
     while remaining is None or remaining > 0:

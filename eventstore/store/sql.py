@@ -106,8 +106,10 @@ NOTIFY_QUEUE_USAGE = "SELECT pg_notification_queue_usage()"
 HELD_BACK = f"SELECT EXISTS (SELECT 1 FROM events WHERE transaction_order >= {FENCE})"  # noqa: S608 - constant
 
 
-def filter_clause(categories: Sequence[str] | None, event_types: Sequence[str] | None) -> str:
-    """`` AND ...`` restricting ``events`` to the given categories and event types (empty: no restriction).
+def filter_clause(
+    categories: Sequence[str] | None, event_types: Sequence[str] | None, stream_ids: Sequence[str] | None = None
+) -> str:
+    """`` AND ...`` restricting ``events`` to the given categories, event types and stream ids (empty: no restriction).
 
     Its parameters come from :func:`filter_parameters`. Only the fragments a
     filter needs are emitted, so that an unfiltered read keeps its plan.
@@ -117,20 +119,30 @@ def filter_clause(categories: Sequence[str] | None, event_types: Sequence[str] |
         clause += " AND event_type = ANY(%(event_types)s)"
     if categories:
         clause += " AND category = ANY(%(categories)s)"
+    if stream_ids:
+        clause += " AND stream_id = ANY(%(stream_ids)s)"
     return clause
 
 
-def filter_parameters(categories: Sequence[str] | None, event_types: Sequence[str] | None) -> dict[str, Any]:
+def filter_parameters(
+    categories: Sequence[str] | None, event_types: Sequence[str] | None, stream_ids: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The parameters of :func:`filter_clause`."""
-    return {"categories": list(categories or ()), "event_types": list(event_types or ())}
+    return {
+        "categories": list(categories or ()),
+        "event_types": list(event_types or ()),
+        "stream_ids": list(stream_ids or ()),
+    }
 
 
-def read_after(categories: Sequence[str] | None, event_types: Sequence[str] | None) -> str:
+def read_after(
+    categories: Sequence[str] | None, event_types: Sequence[str] | None, stream_ids: Sequence[str] | None = None
+) -> str:
     """Readable events after the cursor ``(%(after_order)s, %(after_position)s)``, ``%(batch)s`` at most."""
     return (
         f"SELECT {COLUMNS} FROM events "  # noqa: S608 - constant fragments only
         "WHERE (transaction_order, global_position) > (CAST(%(after_order)s AS xid8), %(after_position)s) "
-        f"AND transaction_order < {FENCE}{filter_clause(categories, event_types)} "
+        f"AND transaction_order < {FENCE}{filter_clause(categories, event_types, stream_ids)} "
         "ORDER BY events.transaction_order, events.global_position LIMIT %(batch)s"
     )
 
