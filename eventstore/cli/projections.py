@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from typing import Annotated, Any
@@ -119,6 +120,24 @@ def projections_run(
             help="Process up to the current head, then exit (exit code 3 if a projection stopped on a poison event).",
         ),
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            envvar="EVENTSTORE_METRICS_PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port); needs eventstore[metrics].",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host",
+            envvar="EVENTSTORE_METRICS_HOST",
+            help="Address the metrics server listens on (loopback by default; 0.0.0.0 for every interface).",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Run projection workers until Ctrl-C / SIGTERM (or --until-caught-up)."""
     from eventstore.runner import ProjectionRunner
@@ -126,15 +145,24 @@ def projections_run(
     context = state(ctx)
     selected = pick(context.projections(), names or [])
     store = context.store()
-    runner = ProjectionRunner(store, selected, poll_interval=poll_interval)
-    status(f"running {', '.join(p.name for p in selected)}; Ctrl-C to stop")
-    if until_caught_up:
-        runner.run_until_caught_up()
-        if runner.failed:
-            raise failed_error(store, runner.failed)
-        status("caught up")
-        return
-    runner.run()
+    with contextlib.ExitStack() as cleanup:
+        if metrics_port is not None:
+            from eventstore import metrics
+
+            metrics.enable()
+            cleanup.callback(metrics.disable)
+            cleanup.callback(metrics.unwatch, metrics.watch(store, selected))
+            server = cleanup.enter_context(metrics.serve(metrics_port, host=metrics_host))
+            status(f"serving metrics on {server.url}")
+        runner = ProjectionRunner(store, selected, poll_interval=poll_interval)
+        status(f"running {', '.join(p.name for p in selected)}; Ctrl-C to stop")
+        if until_caught_up:
+            runner.run_until_caught_up()
+            if runner.failed:
+                raise failed_error(store, runner.failed)
+            status("caught up")
+            return
+        runner.run()
     status("stopped")
 
 

@@ -15,15 +15,20 @@ Guarantees
   is gone, the batch cannot commit; if the commit succeeds, the lock was held.
 - **Poison events** follow :mod:`eventstore.runner.poison`; other projections
   keep running either way.
+- **Observed**: each batch that applies events runs in a CONSUMER span
+  (:mod:`eventstore.tracing`) and is reported, once committed, to
+  :func:`eventstore.instruments.current` (its duration; poison events too).
 - ``on_batch`` runs after each commit: at most once per batch (a crash between
   the commit and the call loses it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from eventstore import instruments, tracing
 from eventstore.errors import ProjectionBusy, ProjectionError
 from eventstore.projection import Projection
 from eventstore.runner import checkpoints, ownership
@@ -316,6 +322,7 @@ class ProjectionSession:
             except HandlerFailed as failure:
                 error = failure.error
         outcome = apply_policy(self.connection, self.projection, event, cursor, error, attempts)
+        instruments.current().poison_event(self.name, event, outcome)
         if outcome == "skipped":
             self._cursor = cursor_of(event)
             if self.on_commit is not None:
@@ -327,13 +334,16 @@ class ProjectionSession:
     def _commit(self, events: list[RecordedEvent], cursor: Cursor, new_cursor: Cursor) -> Cursor:
         """Apply ``events`` and move the checkpoint from ``cursor`` to ``new_cursor``, in one transaction."""
         connection = self.connection
-        with connection.begin():
+        started = time.perf_counter()
+        with self._span(events), connection.begin():
             # First the checkpoint row: its lock serialises this batch with operators'
             # skip/replay (see checkpoints), and the move commits only with the handlers' writes.
             if not checkpoints.advance_from(connection, self.name, cursor, new_cursor):
                 raise StaleCheckpoint
             self._apply_in(connection, events)
         self._cursor = new_cursor
+        if events:
+            instruments.current().batch_committed(self.name, events, time.perf_counter() - started)
         if self.on_commit is not None:
             self.on_commit(self.name, new_cursor)
         if events and self.on_batch is not None:
@@ -343,6 +353,14 @@ class ProjectionSession:
                 logger.exception("projection %s: on_batch callback failed", self.name,
                                  extra={"projection_name": self.name})  # fmt: skip
         return new_cursor
+
+    def _span(self, events: list[RecordedEvent]) -> contextlib.AbstractContextManager[object]:
+        """The batch's CONSUMER span (:mod:`eventstore.tracing`); none for a checkpoint-only move."""
+        if not events:
+            return contextlib.nullcontext()
+        return tracing.batch_span(
+            self.name, self.projection.categories, events[0].global_position, events[-1].global_position, len(events)
+        )
 
     def _apply_in(self, connection: Connection, events: list[RecordedEvent]) -> None:
         """Run the handlers: one apply_batch call if overridden, else per event (to know which one failed)."""

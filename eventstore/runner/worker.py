@@ -7,6 +7,7 @@ import threading
 
 from sqlalchemy.engine import Engine
 
+from eventstore import instruments
 from eventstore.database import is_connection_error
 from eventstore.errors import first_line
 from eventstore.projection import Projection
@@ -94,12 +95,15 @@ class Worker:
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.settings.reconnect_max_delay)
             finally:
+                if self.active.is_set():
+                    instruments.current().projection_active(name, False)
                 self.active.clear()
                 if session is not None:
                     session.release()
 
     def _serve(self, session: ProjectionSession) -> None:
         self.active.set()
+        instruments.current().projection_active(self.projection.name, True)
         while not self.stop.is_set():
             self.wake.clear()
             result = session.catch_up()

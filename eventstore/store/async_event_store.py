@@ -20,6 +20,7 @@ from eventstore.store import progress, protocol, sql
 from eventstore.store.async_connections import AsyncConnections
 from eventstore.store.subscription import Subscription
 from eventstore.store.subscriptions import SubscriptionHub, SubscriptionSettings
+from eventstore.store.telemetry import observe_append
 from eventstore.types import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ class AsyncEventStore:
             notify=self.notify,
             own_transaction=True,
         )
-        return await protocol.drive_async(steps, self._execute)
+        with observe_append(stream_id, events) as observation:
+            return observation.done(await protocol.drive_async(steps, self._execute))
 
     async def _execute(self, step: protocol.Read | protocol.Write) -> list[Any]:
         """Run a step of :mod:`~eventstore.store.protocol` on one of the store's connections (errors translated)."""

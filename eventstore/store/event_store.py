@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from eventstore.database import autocommit_driver, create_engine, translate_driver_error
 from eventstore.store import protocol
 from eventstore.store.appender import append_connections
+from eventstore.store.telemetry import observe_append
 from eventstore.types import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 
 __all__ = ["EventStore"]
@@ -141,9 +142,9 @@ class EventStore:
             notify=self.notify,
             own_transaction=connection is None,
         )
-        if connection is None:
-            return protocol.drive(steps, self._execute)
-        return protocol.drive(steps, _in_transaction(connection))
+        with observe_append(stream_id, events) as observation:
+            execute = self._execute if connection is None else _in_transaction(connection)
+            return observation.done(protocol.drive(steps, execute))
 
     def _execute(self, step: protocol.Read | protocol.Write) -> list[Any]:
         """Run a step of :mod:`~eventstore.store.protocol` on the store's own connections (errors translated)."""
