@@ -8,8 +8,10 @@ without I/O), :mod:`~eventstore.store.progress` (``wait_until_processed``'s
 decision),
 :mod:`~eventstore.store.sql` (every statement on ``events``),
 :mod:`~eventstore.store.validation` (input checks),
-:mod:`~eventstore.store.appender` (append connections and wake-ups) and
-:mod:`~eventstore.store.follow` (a blocking live feed).
+:mod:`~eventstore.store.appender` (append connections and wake-ups),
+:mod:`~eventstore.store.subscriptions` and :mod:`~eventstore.store.subscription`
+(``AsyncEventStore.subscribe``: one LISTEN and one shared read per wake-up for
+every live subscription) and :mod:`~eventstore.store.follow` (a blocking live feed).
 
 The gap rule
 ============

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eventstore import AsyncEventStore, EventStore, NewEvent, RecordedEvent
+from eventstore import AsyncEventStore, EventStore, InvalidEvent, NewEvent, RecordedEvent, UnknownPosition
 from eventstore.store.subscription import Subscription
 from eventstore.store.subscriptions import SubscriptionHub, SubscriptionSettings
 from eventstore.testing.server import TestServer
@@ -422,3 +422,20 @@ def test_filters_select_exactly_in_history_and_live(
     store.append(marker_stream, [happened("marker", selection.get("event_types", ["Placed"])[0])])
     consumer.wait_for(len(expected) + 1)
     assert consumer.positions()[:-1] == expected
+
+
+def test_bad_arguments_raise_at_once_and_an_unknown_position_on_entering(
+    loop: Loop, make_store: Callable[..., AsyncEventStore]
+) -> None:
+    async_store = make_store()
+    with pytest.raises(InvalidEvent, match="after"):
+        async_store.subscribe(after=-1)
+    with pytest.raises(InvalidEvent, match="stream_ids"):
+        async_store.subscribe(stream_ids=[""])
+
+    async def enter() -> None:
+        async with async_store.subscribe(after=999):
+            pass
+
+    with pytest.raises(UnknownPosition):
+        loop.run(enter())
