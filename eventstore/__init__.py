@@ -30,7 +30,7 @@ from eventstore.migrations import migrate
 from eventstore.projection import Projection, handles
 from eventstore.repository import Aggregate, AsyncRepository, Repository, applies
 from eventstore.runner import ProjectionRunner
-from eventstore.store import AsyncEventStore, EventStore
+from eventstore.store import AsyncEventStore, EventStore, SubscriptionSettings
 from eventstore.types import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "Repository",
     "SchemaNotReady",
     "StreamNotFound",
+    "SubscriptionSettings",
     "UnknownPosition",
     "WrongExpectedVersion",
     "applies",

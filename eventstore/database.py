@@ -23,6 +23,7 @@ from eventstore.errors import (
 )
 
 __all__ = [
+    "CLIENT_KEEPALIVES",
     "autocommit_driver",
     "create_engine",
     "describe_target",
@@ -36,6 +37,18 @@ __all__ = [
 
 Target = Engine | sa.URL
 """Where errors happened: an Engine or its URL (messages name host, port, database and user, never the password)."""
+
+
+CLIENT_KEEPALIVES: dict[str, Any] = {
+    # libpq's client-side TCP keepalives: a dead server or network is noticed in
+    # seconds. They need no startup parameter, so poolers accept them.
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "connect_timeout": 5,
+}
+"""Connection parameters for long-lived connections (LISTEN, a runner's sessions)."""
 
 
 def normalise_url(url: str) -> str:

@@ -12,15 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from eventstore.database import CLIENT_KEEPALIVES
+
 __all__ = ["KEEPALIVE_OPTIONS", "session_engine"]
 
 KEEPALIVE_OPTIONS: dict[str, Any] = {
-    # libpq TCP keepalives: a dead server or network is noticed in seconds.
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "connect_timeout": 5,
+    **CLIENT_KEEPALIVES,
     # The server side too: a backend whose client host vanished (no FIN) goes away,
     # releasing its session advisory locks.
     "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",

@@ -56,6 +56,7 @@ The ``after=`` argument of :meth:`EventStore.read_all` takes a plain
 from eventstore.store.async_event_store import AsyncEventStore
 from eventstore.store.event_store import EventStore
 from eventstore.store.sql import NOTIFY_CHANNEL
+from eventstore.store.subscriptions import SubscriptionSettings
 from eventstore.store.validation import MAX_EVENT_TYPE_LENGTH, MAX_JSON_DEPTH, MAX_STREAM_ID_LENGTH
 
 __all__ = [
@@ -65,4 +66,5 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "AsyncEventStore",
     "EventStore",
+    "SubscriptionSettings",
 ]

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql as psycopg_sql
 
-from eventstore.database import is_connection_error, libpq_url
+from eventstore.database import CLIENT_KEEPALIVES, is_connection_error, libpq_url
 from eventstore.errors import first_line
 from eventstore.store import protocol
 from eventstore.store.sql import NOTIFY_CHANNEL
@@ -63,16 +63,6 @@ logger = logging.getLogger(__name__)
 
 Cursor = tuple[int, int]
 """``(transaction_order, global_position)``: a place in the global order."""
-
-# libpq's client-side keepalives: a vanished server is noticed in seconds (no
-# startup parameter, so PgBouncer accepts them).
-_KEEPALIVES: dict[str, Any] = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "connect_timeout": 5,
-}
 
 
 @dataclass(frozen=True)
@@ -254,7 +244,10 @@ class SubscriptionHub:
         while True:
             try:
                 connection = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, application_name=self.settings.application_name, **_KEEPALIVES
+                    self._conninfo,
+                    autocommit=True,
+                    application_name=self.settings.application_name,
+                    **CLIENT_KEEPALIVES,
                 )
             except (psycopg.Error, OSError) as error:
                 logger.warning("subscriptions: cannot connect to LISTEN (%s); retrying in %.1f s",
