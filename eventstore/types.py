@@ -23,6 +23,7 @@ __all__ = [
     "NewEvent",
     "RecordedEvent",
     "category_of",
+    "event_record",
 ]
 
 JSONObject = Mapping[str, Any]
@@ -103,6 +104,20 @@ class RecordedEvent:
     def category(self) -> str:
         """The stream's category (text before the first ``-``)."""
         return category_of(self.stream_id)
+
+
+def event_record(event: RecordedEvent) -> dict[str, Any]:
+    """An event as a JSON-ready dict: the shape of ``eventstore read --json`` and of the web API's events."""
+    return {
+        "global_position": event.global_position,
+        "stream_id": event.stream_id,
+        "stream_version": event.stream_version,
+        "type": event.type,
+        "data": event.data,
+        "metadata": event.metadata,
+        "event_id": str(event.event_id),
+        "recorded_at": event.recorded_at.isoformat(),
+    }
 
 
 @dataclass(frozen=True, slots=True)

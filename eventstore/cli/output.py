@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from eventstore.types import RecordedEvent
+from eventstore.types import RecordedEvent, event_record  # event_record: re-exported, its home is types
 
 __all__ = [
     "emit_json",
@@ -38,20 +38,6 @@ def status(message: str) -> None:
 
 
 # -- results ------------------------------------------------------------------
-
-
-def event_record(event: RecordedEvent) -> dict[str, Any]:
-    """An event as a JSON-ready dict."""
-    return {
-        "global_position": event.global_position,
-        "stream_id": event.stream_id,
-        "stream_version": event.stream_version,
-        "type": event.type,
-        "data": event.data,
-        "metadata": event.metadata,
-        "event_id": str(event.event_id),
-        "recorded_at": event.recorded_at.isoformat(),
-    }
 
 
 def event_line(event: RecordedEvent) -> str:
