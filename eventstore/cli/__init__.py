@@ -8,7 +8,7 @@ on a poison event); ``-v`` adds the traceback (:mod:`~eventstore.cli.errors`).
 This module holds the typer app and its global options; each command group
 has its module: :mod:`~eventstore.cli.store` (migrate, append, read, log,
 tail), :mod:`~eventstore.cli.projections`, :mod:`~eventstore.cli.streams`,
-:mod:`~eventstore.cli.server`, :mod:`~eventstore.cli.demo`. Business logic
+:mod:`~eventstore.cli.server`, :mod:`~eventstore.cli.serve`, :mod:`~eventstore.cli.demo`. Business logic
 lives in the library (store, runner, admin) and in :mod:`eventstore.demo`.
 """
 
@@ -24,6 +24,7 @@ from eventstore.cli.context import State
 from eventstore.cli.demo import demo
 from eventstore.cli.doctor import doctor
 from eventstore.cli.projections import projections_app
+from eventstore.cli.serve import serve
 from eventstore.cli.server import server_app
 from eventstore.cli.streams import streams_app
 
@@ -45,6 +46,7 @@ app.add_typer(server_app, name="server")
 store_commands.register(app)
 app.command()(demo)
 app.command()(doctor)
+app.command()(serve)
 
 
 class _EchoHandler(logging.Handler):

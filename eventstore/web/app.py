@@ -1,0 +1,37 @@
+"""Assembling the Starlette app of :func:`eventstore.web.create_app`: routes, error handlers, the token."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from eventstore.store import AsyncEventStore
+from eventstore.web import api, sse
+from eventstore.web.auth import BearerToken
+from eventstore.web.errors import exception_handlers
+
+__all__ = ["build_app"]
+
+
+def build_app(
+    store: AsyncEventStore, *, projection_names: frozenset[str], token: str | None, heartbeat_seconds: float
+) -> ASGIApp:
+    """The app (see :func:`eventstore.web.create_app`, which checks that the ``web`` extra is installed)."""
+    if not heartbeat_seconds > 0:
+        from eventstore.errors import ConfigurationError
+
+        raise ConfigurationError(f"heartbeat_seconds={heartbeat_seconds!r}: pass a number of seconds above 0")
+    routes = [
+        Route("/api/streams/{stream_id:path}", api.read_stream, methods=["GET"]),
+        Route("/api/streams/{stream_id:path}", api.append_events, methods=["POST"]),
+        Route("/api/projections/{name}/wait", api.wait_for_projection, methods=["GET"]),
+        Route("/api/events", sse.stream_events, methods=["GET"]),
+    ]
+    middleware = [] if token is None else [Middleware(BearerToken, token=token)]
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers())
+    app.state.store = store
+    app.state.projection_names = projection_names
+    app.state.heartbeat_seconds = heartbeat_seconds
+    return app
