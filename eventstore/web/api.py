@@ -10,7 +10,13 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from eventstore.errors import InvalidEvent, ProjectionNotFound, StreamNotFound, WrongExpectedVersion
+from eventstore.errors import (
+    InvalidEvent,
+    ProjectionNotFound,
+    StreamNotFound,
+    UnknownPosition,
+    WrongExpectedVersion,
+)
 from eventstore.store import AsyncEventStore, progress, protocol
 from eventstore.store.validation import MAX_INT32
 from eventstore.types import event_record
@@ -98,7 +104,14 @@ async def wait_for_projection(request: Request) -> JSONResponse:
     store = _store(request)
     if name not in request.app.state.projection_names or not await _has_checkpoint(store, name):
         raise ProjectionNotFound(name)
-    await store.wait_until_processed(name, position, timeout=timeout)
+    try:
+        await store.wait_until_processed(name, position, timeout=timeout)
+    except UnknownPosition as error:
+        raise RequestError(
+            422,
+            f"query parameter position={position}: no event is stored at that position; "
+            "pass the global_position an append returned",
+        ) from error
     return JSONResponse({"projection": name, "position": position, "processed": True})
 
 

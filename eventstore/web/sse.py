@@ -22,10 +22,12 @@ from typing import Literal
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
+from eventstore.errors import UnknownPosition
 from eventstore.store import AsyncEventStore
 from eventstore.store.subscription import Subscription
 from eventstore.types import event_record
 from eventstore.web import params
+from eventstore.web.errors import RequestError
 
 __all__ = ["stream_events"]
 
@@ -54,7 +56,15 @@ async def stream_events(request: Request) -> EventSourceResponse:
         event_types=query.getlist("type") or None,
         stream_ids=query.getlist("stream") or None,
     )
-    await feed.__aenter__()  # here, so that an unknown position is a 422 before any byte is sent
+    try:
+        await feed.__aenter__()  # here, so that an unknown position is a 422 before any byte is sent
+    except UnknownPosition as error:
+        given = "header Last-Event-ID" if resumed is not None else "query parameter after"
+        raise RequestError(
+            422,
+            f"{given}: no event is stored at position {error.position}; pass the id of an event this stream sent, "
+            "after=0 for the first event, or no after for only new events",
+        ) from error
     return EventSourceResponse(
         _messages(feed),
         ping=request.app.state.heartbeat_seconds,

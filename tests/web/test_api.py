@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -149,7 +150,7 @@ def test_wait_endpoint_200_504_404_422(serve_web: Callable[..., WebServer], stor
     assert_error(get(web, "/api/projections/counter/wait"), 422, "position: missing")
     assert_error(get(web, "/api/projections/counter/wait?position=x"), 422, "position='x'")
     assert_error(get(web, f"/api/projections/counter/wait?position={position}&timeout=nan"), 422, "timeout")
-    assert_error(get(web, "/api/projections/counter/wait?position=999999"), 422, "999999")
+    assert_error(get(web, "/api/projections/counter/wait?position=999999"), 422, "position=999999: no event")
 
 
 def test_a_token_guards_every_endpoint(serve_web: Callable[..., WebServer]) -> None:
@@ -184,3 +185,34 @@ def test_create_app_names_the_extra_when_starlette_is_missing(monkeypatch: pytes
         from eventstore.web import create_app
 
         create_app(object())  # type: ignore[arg-type]
+
+
+def test_serve_runs_the_app_on_any_address_with_a_token_until_ctrl_c(database_url: str) -> None:
+    port = free_port()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("EVENTSTORE_")}
+    environment |= {"EVENTSTORE_URL": database_url, "EVENTSTORE_WEB_TOKEN": "t0ken", "EVENTSTORE_PORT": str(port)}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("eventstore")), "serve", "--host", "0.0.0.0"],
+        stderr=subprocess.PIPE, text=True, env=environment,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:  # until uvicorn says it listens (or the command ends)
+            seen.append(line)
+            if "Uvicorn running on" in line:
+                break
+        assert "token required" in "".join(seen), seen
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/api/streams/order-1", timeout=10).status_code == 401
+        headers = {"Authorization": "Bearer t0ken"}
+        assert httpx.post(f"{base}/api/streams/order-1", json={"type": "A"}, headers=headers).status_code == 201
+        assert httpx.get(f"{base}/api/streams/order-1", headers=headers).json()[0]["type"] == "A"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()

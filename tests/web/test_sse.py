@@ -97,7 +97,8 @@ def test_an_idle_stream_gets_heartbeat_comments(serve_web: Callable[..., WebServ
 
 def test_bad_parameters_are_422_before_the_stream_starts(web: WebServer) -> None:
     for query, headers, words in [
-        ("?after=12345", {}, "12345"),
+        ("?after=12345", {}, "query parameter after: no event is stored at position 12345"),
+        ("?after=0", {"Last-Event-ID": "777"}, "header Last-Event-ID: no event is stored at position 777"),
         ("?after=-1", {}, "after"),
         ("", {"Last-Event-ID": "abc"}, "Last-Event-ID"),
     ]:
