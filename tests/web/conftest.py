@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from eventstore.store import AsyncEventStore
 from eventstore.web import create_app
@@ -24,13 +26,14 @@ class WebServer:
     until uvicorn accepts it: :meth:`start` returns once the server answers.
     """
 
-    def __init__(self, url: str, **app_options: Any) -> None:
+    def __init__(self, url: str, *, mount: str = "", **app_options: Any) -> None:
         self.url = url
+        self.mount = mount
         self.app_options = app_options
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.bind(("127.0.0.1", 0))
         self.socket.listen(64)
-        self.base_url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.base_url = f"http://127.0.0.1:{self.socket.getsockname()[1]}{mount}"
         self.server: uvicorn.Server | None = None
         self.ready = threading.Event()
         self.failure: BaseException | None = None
@@ -46,9 +49,10 @@ class WebServer:
 
     async def _serve(self) -> None:
         async with AsyncEventStore(self.url) as store:
-            config = uvicorn.Config(
-                create_app(store, **self.app_options), log_level="warning", timeout_graceful_shutdown=5
-            )
+            app = create_app(store, **self.app_options)
+            if self.mount:  # inside another app, as a user mounts it
+                app = Starlette(routes=[Mount(self.mount, app=app)])
+            config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
             self.server = uvicorn.Server(config)
             self.ready.set()
             await self.server.serve(sockets=[self.socket])
@@ -80,8 +84,8 @@ def serve_web(database_url: str) -> Iterator[Callable[..., WebServer]]:
     """``serve_web(token=..., projections=..., heartbeat_seconds=...)``: a started server on this test's database."""
     servers: list[WebServer] = []
 
-    def start(url: str | None = None, **app_options: Any) -> WebServer:
-        server = WebServer(url or database_url, **app_options)
+    def start(url: str | None = None, *, mount: str = "", **app_options: Any) -> WebServer:
+        server = WebServer(url or database_url, mount=mount, **app_options)
         servers.append(server)
         return server.start()
 

@@ -127,6 +127,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def test_the_app_mounts_under_a_prefix_of_another_app(serve_web: Callable[..., WebServer]) -> None:
+    web = serve_web(mount="/store", token="t")
+    assert web.base_url.endswith("/store")
+    assert_error(get(web, "/api/streams/order-1"), 401)
+    assert post(web, "order-1", {"type": "A"}, headers=web.auth_headers()).status_code == 201
+    assert get(web, "/api/streams/order-1", headers=web.auth_headers()).json()[0]["stream_id"] == "order-1"
+    assert_error(get(web, "/api/streams/order-9", headers=web.auth_headers()), 404, "order-9")
+
+
 def test_an_unreachable_database_is_503(serve_web: Callable[..., WebServer]) -> None:
     web = serve_web(f"postgresql://nobody@127.0.0.1:{free_port()}/nothing")
     assert_error(post(web, "order-1", {"type": "A"}), 503, "retry later")
