@@ -284,6 +284,10 @@ class AsyncEventStore:
 
     # -- projections ------------------------------------------------------------
 
+    async def checkpoints(self, projection_names: Sequence[str]) -> dict[str, progress.Progress]:
+        """Where each named projection is (those with a checkpoint), by name: position, state, last error."""
+        return await protocol.drive_async(progress.load(projection_names), self._execute)
+
     async def wait_until_processed(
         self, projection_names: str | Sequence[str], position: int, *, timeout: float = 10.0
     ) -> None:
@@ -305,7 +309,7 @@ class AsyncEventStore:
         wait = progress.ProgressWait(names, position, await self.order_of(position), timeout=timeout)
         while True:
             try:
-                stored = await protocol.drive_async(progress.load(wait.names), self._execute)
+                stored = await self.checkpoints(wait.names)
             except Exception as error:
                 if not is_connection_error(error):
                     raise

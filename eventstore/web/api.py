@@ -17,7 +17,7 @@ from eventstore.errors import (
     UnknownPosition,
     WrongExpectedVersion,
 )
-from eventstore.store import AsyncEventStore, progress, protocol
+from eventstore.store import AsyncEventStore
 from eventstore.store.validation import MAX_INT32
 from eventstore.types import event_record
 from eventstore.web import params
@@ -116,5 +116,5 @@ async def wait_for_projection(request: Request) -> JSONResponse:
 
 
 async def _has_checkpoint(store: AsyncEventStore, name: str) -> bool:
-    """Whether ``name`` has a checkpoint: the wait's own query (:func:`progress.load`) on the store's connections."""
-    return name in await protocol.drive_async(progress.load([name]), store._execute)
+    """Whether ``name`` has a checkpoint."""
+    return name in await store.checkpoints([name])
