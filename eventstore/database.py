@@ -155,6 +155,13 @@ def translate_driver_error(target: Target, error: BaseException) -> EventStoreEr
         return None
     if isinstance(driver_error, psycopg.errors.InsufficientPrivilege):
         return PermissionDenied(f"{first_line(driver_error)} (as {_url(target).username or 'the default role'})")
+    if _lost_prepared_statement(driver_error):
+        return ConfigurationError(
+            f"server-side prepared statements do not survive between transactions at {describe_target(target)} "
+            f"({first_line(driver_error)}): a pooler in transaction mode sits in between; pass "
+            "prepared_statements=False to the store (None, the default, detects poolers), "
+            "connect_args={'prepare_threshold': None} to an engine of yours, or use a direct or session-mode URL"
+        )
     if isinstance(driver_error, psycopg.errors.UndefinedTable):
         return SchemaNotReady(
             f"{first_line(driver_error)} in {describe_target(target)}; run `eventstore migrate` "
@@ -169,6 +176,21 @@ def translate_driver_error(target: Target, error: BaseException) -> EventStoreEr
     return None
 
 
+def _lost_prepared_statement(error: BaseException | None) -> bool:
+    """psycopg's automatic prepared statements failing behind a transaction-mode pooler.
+
+    The name is missing on the server session of this transaction (26000
+    invalid_sql_statement_name), taken there by another client (42P05
+    duplicate_prepared_statement), or another client's with other parameters
+    (08P01 "bind message supplies ... prepared statement ... requires").
+    """
+    if not isinstance(error, psycopg.Error):
+        return False
+    if error.sqlstate in ("26000", "42P05"):
+        return True
+    return error.sqlstate == "08P01" and "prepared statement" in str(error)
+
+
 # What a server says (after "FATAL:") when it refuses the connection itself,
 # not the network: https://www.postgresql.org/docs/current/client-authentication-problems.html
 _REFUSALS = (
@@ -181,6 +203,8 @@ _REFUSALS = (
     ),
     (re.compile(r'no pg_hba.conf entry for host "[^"]*", user "(?P<name>[^"]*)"'), "hba"),
     (re.compile(r'database "(?P<name>[^"]*)" does not exist'), "database"),
+    # PgBouncer (before 1.20 for `options`) refuses startup parameters it does not know.
+    (re.compile(r"unsupported startup parameter(?: in options)?:? ?(?P<name>\S*)"), "startup parameter"),
 )
 
 
@@ -198,6 +222,12 @@ def _refusal(target: Target, message: str) -> EventStoreError | None:
             return DatabaseNotFound(
                 f"database {match['name']!r} does not exist on the PostgreSQL at {server}; create it "
                 f"(createdb {match['name']}, or CREATE DATABASE) or fix the database name in the URL"
+            )
+        if kind == "startup parameter":
+            return ConfigurationError(
+                f"the pooler at {server} refuses the startup parameter {match['name'] or 'options'!r}: remove "
+                "it from the URL and connect_args (e.g. options=-c ...), or list it in PgBouncer's "
+                "ignore_startup_parameters (which drops it)"
             )
         if kind == "role":
             return AuthenticationFailed(

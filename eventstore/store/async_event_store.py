@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
-from eventstore.database import is_connection_error, url_of
+from eventstore.database import describe_target, is_connection_error, url_of
 from eventstore.store import progress, protocol, sql
 from eventstore.store.async_connections import AsyncConnections
+from eventstore.store.poolers import PreparedStatements
 from eventstore.store.subscription import Subscription
 from eventstore.store.subscriptions import SubscriptionHub, SubscriptionSettings
 from eventstore.store.telemetry import observe_append
@@ -67,6 +68,12 @@ class AsyncEventStore:
     call. Live subscriptions (:meth:`subscribe`) share one more connection,
     for LISTEN, opened by the first one; ``subscription_settings`` tunes how
     they poll and reconnect (:class:`~eventstore.store.subscriptions.SubscriptionSettings`).
+
+    ``prepared_statements`` is :class:`EventStore`'s: None (the default)
+    keeps psycopg's server-side prepared statements only on a direct
+    connection, seen at the first one (:mod:`eventstore.store.poolers`), so
+    appends and reads work through a transaction-mode pooler such as
+    PgBouncer 1.18; True or False decides explicitly.
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class AsyncEventStore:
         read_batch_size: int = 500,
         notify: bool = True,
         subscription_settings: SubscriptionSettings | None = None,
+        prepared_statements: bool | None = None,
     ) -> None:
         self.url = url_of(url_or_engine)
         self.max_append_events = max_append_events
@@ -85,6 +93,7 @@ class AsyncEventStore:
         self.read_batch_size = read_batch_size
         self.notify = notify
         self._connections = AsyncConnections(self.url)
+        self._prepared = PreparedStatements(prepared_statements, describe_target(self.url))
         self.subscription_settings = subscription_settings or SubscriptionSettings()
         self._subscriptions: SubscriptionHub | None = None
 
@@ -130,6 +139,8 @@ class AsyncEventStore:
             WrongExpectedVersion: the stream is at another version (``actual`` says which); nothing was written.
             DuplicateEventId: an event id is stored with other content; nothing was written.
             DatabaseUnavailable: PostgreSQL cannot be reached.
+            ConfigurationError: a pooler lost a prepared statement (``prepared_statements=True``
+                through a transaction-mode pooler); the message says what to change.
         """
         steps = protocol.append(
             stream_id,
@@ -146,16 +157,17 @@ class AsyncEventStore:
     async def _execute(self, step: protocol.Read | protocol.Write) -> list[Any]:
         """Run a step of :mod:`~eventstore.store.protocol` on one of the store's connections (errors translated)."""
         async with self._connections.connection() as connection:
+            prepare = await self._prepared.decide_async(connection)
             if isinstance(step, protocol.Read):
-                cursor = await connection.execute(step.statement, step.parameters)
+                cursor = await connection.execute(step.statement, step.parameters, prepare=prepare)
                 return await cursor.fetchall()
             if len(step.statements) == 1:
-                cursor = await connection.execute(*step.statements[0])
+                cursor = await connection.execute(*step.statements[0], prepare=prepare)
                 rows = await cursor.fetchall()
             else:
                 async with connection.transaction():
                     for statement, parameters in step.statements:
-                        cursor = await connection.execute(statement, parameters)
+                        cursor = await connection.execute(statement, parameters, prepare=prepare)
                     rows = await cursor.fetchall()
             if rows and step.wake_up:
                 await _wake_up(connection)

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from eventstore.database import autocommit_driver, create_engine, translate_driver_error
 from eventstore.store import protocol
 from eventstore.store.appender import append_connections
+from eventstore.store.poolers import prepared_statements_for
 from eventstore.store.telemetry import observe_append
 from eventstore.types import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 
@@ -55,6 +56,15 @@ class EventStore:
     URL; an engine you pass in stays yours to dispose. A store that is never
     closed releases the same when it is garbage-collected or the interpreter
     exits.
+
+    ``prepared_statements``: psycopg prepares a statement on the server once
+    it ran 5 times on a connection, which a pooler in transaction mode
+    (PgBouncer before 1.21, or without ``max_prepared_statements``) cannot
+    keep. None (the default) decides at the first connection: on when the
+    server sees this process's own socket (a direct connection), off behind
+    any pooler or proxy, with one INFO log line; see
+    :mod:`eventstore.store.poolers`. True or False decides explicitly (True
+    only for a direct connection or a pooler that keeps sessions).
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class EventStore:
         max_event_bytes: int = 1_048_576,
         read_batch_size: int = 500,
         notify: bool = True,
+        prepared_statements: bool | None = None,
     ) -> None:
         self.engine = create_engine(url_or_engine)
         self._owns_engine = self.engine is not url_or_engine
@@ -73,6 +84,7 @@ class EventStore:
         self.read_batch_size = read_batch_size
         self.notify = notify
         self._append_connections = append_connections(self.engine)
+        self._prepared = prepared_statements_for(self.engine, prepared_statements)
         # A pool's connections ending with the program is normal (psycopg says
         # so for its own pool, and warns only for other connections): an engine
         # made here is disposed when the store is collected or at interpreter
@@ -132,6 +144,8 @@ class EventStore:
             WrongExpectedVersion: the stream is at another version; nothing was written.
             DuplicateEventId: an event id is stored with other content; nothing was written.
             DatabaseUnavailable: PostgreSQL cannot be reached.
+            ConfigurationError: a pooler lost a prepared statement (``prepared_statements=True``
+                through a transaction-mode pooler); the message says what to change.
         """
         steps = protocol.append(
             stream_id,
@@ -151,18 +165,20 @@ class EventStore:
         if isinstance(step, protocol.Write):
             return self._write(step)
         with autocommit_driver(self.engine) as driver:
-            return driver.execute(step.statement, step.parameters).fetchall()
+            prepare = self._prepared.decide_sync(driver)
+            return driver.execute(step.statement, step.parameters, prepare=prepare).fetchall()
 
     def _write(self, step: protocol.Write) -> list[Any]:
         """One statement: one autocommit round trip; then the wake-up, sent without waiting (see appender.py)."""
         with self._append_connections.connection() as connection:
             driver = connection.driver
+            prepare = self._prepared.decide_sync(driver)
             if len(step.statements) == 1:
-                rows = driver.execute(*step.statements[0]).fetchall()
+                rows = driver.execute(*step.statements[0], prepare=prepare).fetchall()
             else:
                 with driver.transaction():
                     for statement, parameters in step.statements:
-                        cursor = driver.execute(statement, parameters)
+                        cursor = driver.execute(statement, parameters, prepare=prepare)
                     rows = cursor.fetchall()
             if rows and step.wake_up:
                 connection.send_wake_up()
