@@ -64,7 +64,10 @@ def create_app(
     anyone who can connect may read and append: serve it on loopback only
     (``eventstore serve`` refuses a non-loopback address without one).
     ``heartbeat_seconds``: the idle interval between keepalive comments of
-    ``GET /api/events``.
+    ``GET /api/events`` and ``GET /dashboard/events``.
+
+    ``GET /`` is the dashboard (:mod:`eventstore.web.dashboard`): the store
+    and each of ``projections`` live, and why a projection is behind.
 
     The app uses the store from the server's event loop and never closes it
     (the caller owns it: ``async with AsyncEventStore(url) as store:``).
@@ -76,5 +79,6 @@ def create_app(
     require_web_extra()
     from eventstore.web.app import build_app
 
-    names = frozenset(item if isinstance(item, str) else item.name for item in projections)
-    return build_app(store, projection_names=names, token=token, heartbeat_seconds=heartbeat_seconds)
+    given = tuple(projections)
+    names = frozenset(item if isinstance(item, str) else item.name for item in given)
+    return build_app(store, projection_names=names, token=token, heartbeat_seconds=heartbeat_seconds, projections=given)

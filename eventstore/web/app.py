@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
+from eventstore.projection import Projection
 from eventstore.store import AsyncEventStore
-from eventstore.web import api, sse
+from eventstore.web import api, dashboard, sse
 from eventstore.web.auth import BearerToken
 from eventstore.web.errors import exception_handlers
 
@@ -16,7 +18,12 @@ __all__ = ["build_app"]
 
 
 def build_app(
-    store: AsyncEventStore, *, projection_names: frozenset[str], token: str | None, heartbeat_seconds: float
+    store: AsyncEventStore,
+    *,
+    projection_names: frozenset[str],
+    token: str | None,
+    heartbeat_seconds: float,
+    projections: tuple[str | Projection, ...] = (),
 ) -> ASGIApp:
     """The app (see :func:`eventstore.web.create_app`, which checks that the ``web`` extra is installed)."""
     if not heartbeat_seconds > 0:
@@ -28,10 +35,18 @@ def build_app(
         Route("/api/streams/{stream_id:path}", api.append_events, methods=["POST"]),
         Route("/api/projections/{name}/wait", api.wait_for_projection, methods=["GET"]),
         Route("/api/events", sse.stream_events, methods=["GET"]),
+        # The dashboard (eventstore.web.dashboard): the page, its live fragments, Retry and Skip, its assets.
+        Route("/", dashboard.page, methods=["GET"]),
+        Route("/dashboard/events", dashboard.events, methods=["GET"]),
+        Route("/dashboard/projections/{name}/retry", dashboard.retry, methods=["POST"]),
+        Route("/dashboard/projections/{name}/skip", dashboard.skip, methods=["POST"]),
+        Mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="dashboard-static"),
     ]
     middleware = [] if token is None else [Middleware(BearerToken, token=token)]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers())
     app.state.store = store
     app.state.projection_names = projection_names
     app.state.heartbeat_seconds = heartbeat_seconds
+    app.state.token = token
+    app.state.dashboard = dashboard.Dashboard(store, projections or tuple(sorted(projection_names)))
     return app

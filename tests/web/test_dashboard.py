@@ -1,0 +1,202 @@
+"""The dashboard at ``/`` end to end: a real uvicorn, a real database, the page in real headless Chromium.
+
+Chromium is Debian's (``apt-get install chromium``), driven by the
+``playwright`` package (never ``playwright install``), with a fresh profile
+and the flags that keep it from connecting anywhere but the server under
+test. Every wait is on a condition in the page, never a sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from eventstore import EventStore, NewEvent, ProjectionRunner
+from eventstore.testing import TestServer
+from projections import Ledger
+from tests.web.conftest import WebServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # root needs it on these machines
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT")
+"""Where to save a screenshot of the page with a failed projection (docs/dashboard.png was made so)."""
+TOKEN = "dashboard-test-token"
+
+
+@contextlib.contextmanager
+def browser_page(tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
+    """A page in a fresh headless Chromium profile, and the console errors and page errors it reports."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("the playwright package is missing: pip install playwright (no browser download needed)")
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+
+            def on_console(message: Any) -> None:
+                if message.type == "error":
+                    problems.append(message.text)
+
+            page.on("console", on_console)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            yield page, problems
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def running(runner: ProjectionRunner) -> Iterator[ProjectionRunner]:
+    """``runner.run()`` in a thread for the block; stopped and joined after."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runner.run()
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    thread = threading.Thread(target=target, name="dashboard-test-runner", daemon=True)
+    thread.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        thread.join(15)
+    assert not thread.is_alive(), "runner did not stop within 15 s"
+    assert not errors, errors
+
+
+@pytest.fixture
+def blocker(test_server: TestServer) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An open transaction holding an xid, in another database of the same cluster."""
+    name = test_server.create_database(migrated=False)
+    url = sa.make_url(test_server.url(name)).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = psycopg.connect(url, application_name="billing-batch")
+    connection.execute("SELECT pg_current_xact_id()")
+    try:
+        yield connection
+    finally:
+        connection.close()
+        test_server.drop_database(name)
+
+
+def test_the_page_follows_appends_without_a_reload(
+    serve_web: Callable[..., WebServer], store: EventStore, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    store.append("order-1", [NewEvent("OrderPlaced", {"total": 1})])
+    web = serve_web(projections=[Ledger("audit")], heartbeat_seconds=1)
+    with browser_page(tmp_path) as (page, problems):
+        page.goto(f"{web.base_url}/")
+        expect(page.locator("#connection")).to_have_text("live")
+        expect(page.locator("#head")).to_have_text("1")
+        expect(page.locator('[data-projection="audit"]')).to_contain_text("no runner owns it (1 event behind)")
+
+        last = 0
+        for n in range(3):
+            last = store.append(f"invoice-{n}", [NewEvent("InvoiceSent", {"n": n})]).global_position
+        expect(page.locator("#head")).to_have_text(str(last))
+        expect(page.locator("#log tbody tr").first).to_contain_text(f"{last}InvoiceSentinvoice-2")
+        expect(page.locator("#store")).to_contain_text("invoice3")
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # never reloaded
+    assert problems == [], problems
+
+
+def test_a_poison_event_shows_its_reason_and_retry_catches_up(
+    serve_web: Callable[..., WebServer], store: EventStore, tmp_path: Path
+) -> None:
+    """With a token: the page gets it once from ?token=, and its Retry button's POST carries it."""
+    from playwright.sync_api import expect
+
+    billing = Ledger("billing", poison_types={"Bad"})
+    audit = Ledger("audit")
+    store.append("order-41", [NewEvent("OrderPlaced", {"total": 1})])
+    poison = store.append("order-42", [NewEvent("Bad", {"amount": None})]).global_position
+    store.append("order-43", [NewEvent("OrderPlaced", {"total": 3})])
+    ProjectionRunner(store, [billing, audit], retry_attempts=1, retry_delay=0.01).run_until_caught_up()
+
+    web = serve_web(projections=[billing, audit], token=TOKEN, heartbeat_seconds=1)
+    with httpx.Client(base_url=web.base_url, timeout=10) as client:
+        assert client.get("/").status_code == 401
+        assert client.get("/", params={"token": "wrong"}).status_code == 401
+        entered = client.get("/", params={"token": TOKEN})
+        assert entered.status_code == 303
+        assert "httponly" in entered.headers["set-cookie"].lower()
+        assert client.post("/dashboard/projections/billing/retry").status_code == 401  # the cookie is not enough
+        no_htmx = client.post("/dashboard/projections/billing/retry", headers=web.auth_headers())
+        assert no_htmx.status_code == 403
+
+    runner = ProjectionRunner(store, [billing, audit], poll_interval=2)
+    with browser_page(tmp_path) as (page, problems), running(runner):
+        page.goto(f"{web.base_url}/?token={TOKEN}")
+        assert page.url == f"{web.base_url}/"  # the token left the address bar
+        expect(page.locator("#connection")).to_have_text("live")
+        row = page.locator('[data-projection="billing"]')
+        expect(row).to_contain_text(f"stopped on event {poison} (Bad in order-42): ValueError")
+        expect(row).to_contain_text("poison event Bad")
+        expect(row.locator("details pre")).to_contain_text("Traceback")
+        expect(page.locator('[data-projection="audit"]')).to_contain_text("caught up")
+        if SCREENSHOT:
+            page.screenshot(path=SCREENSHOT, full_page=True)
+
+        billing.poison_types = frozenset()  # the fix, deployed to the runner's instance
+        row.get_by_role("button", name="Retry").click()
+        expect(page.locator("#flash")).to_have_text(f"billing: retrying event {poison}")
+        expect(row.locator(".why")).to_have_text("caught up")
+        expect(row).to_contain_text("idle")
+    assert problems == [], problems
+
+
+def test_a_stall_names_the_blocking_session(
+    serve_web: Callable[..., WebServer],
+    store: EventStore,
+    blocker: psycopg.Connection[tuple[object, ...]],
+    tmp_path: Path,
+) -> None:
+    from playwright.sync_api import expect
+
+    web = serve_web(projections=[Ledger("stalled")], heartbeat_seconds=1)
+    with browser_page(tmp_path) as (page, problems):
+        page.goto(f"{web.base_url}/")
+        expect(page.locator("#connection")).to_have_text("live")
+        store.append("order-1", [NewEvent("OrderPlaced", {"total": 1})])  # committed after the blocker began
+        row = page.locator('[data-projection="stalled"]')
+        expect(row).to_contain_text(
+            re.compile(
+                rf"held back since \d\d:\d\d:\d\d UTC by pid {blocker.info.backend_pid} "
+                r"\(app `billing-batch`, database `[^`]+`, idle in transaction for \d+ s\)"
+            )
+        )
+        blocker.rollback()
+        expect(row).to_contain_text("no runner owns it (1 event behind)")
+    assert problems == [], problems
