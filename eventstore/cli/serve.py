@@ -77,13 +77,16 @@ def serve(
 
     context = state(ctx)
     engine = context.target().engine
-    names = [projection.name for projection in context.projections()]
+    projections = context.projections()  # instances: the dashboard's lag counts with their filters
 
     async def run() -> None:
         async with AsyncEventStore(engine) as store:
-            app = create_app(store, projections=names, token=token or None, heartbeat_seconds=heartbeat)
+            app = create_app(store, projections=projections, token=token or None, heartbeat_seconds=heartbeat)
             config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
-            status(f"serving the web API on http://{host}:{port}/api/ ({'token required' if token else 'no token'})")
+            status(
+                f"serving the dashboard on http://{host}:{port}/ and the web API on /api/ "
+                f"({'token required' if token else 'no token'})"
+            )
             await uvicorn.Server(config).serve()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server normally ends
