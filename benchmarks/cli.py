@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only append,latency,catchup,rebuild] [--out DIR]``."""
+"""``python -m benchmarks [--quick] [--only append,latency,catchup,rebuild,async_append,sse] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["main"]
 
 logger = logging.getLogger("benchmarks")
 
-MEASUREMENTS = ("append", "latency", "catchup", "rebuild")
+MEASUREMENTS = ("append", "latency", "catchup", "rebuild", "async_append", "sse")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -111,6 +111,22 @@ def main(argv: list[str] | None = None) -> None:
 
                 logger.info("rebuild")
                 measure_rebuild(server, results, plan)
+            if "async_append" in arguments.only:
+                from benchmarks.async_append import measure_async_append
+
+                logger.info("async append")
+                measure_async_append(
+                    server,
+                    results,
+                    writer_counts=plan.async_writer_counts,
+                    repeats=plan.async_repeats,
+                    duration=plan.async_append_seconds,
+                )
+            if "sse" in arguments.only:
+                from benchmarks.sse import measure_sse
+
+                logger.info("sse latency")
+                measure_sse(server, results, plan)
         finally:
             if pool is not None:
                 pool.close()

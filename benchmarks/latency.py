@@ -80,7 +80,7 @@ def _listener_main(libpq_url: str, received: Any, stop: Any) -> None:
 class _Pinger:
     """Parent side of one contender: send a ping, wait for its echo, return the latency in ms."""
 
-    def __init__(self, contender: str, server: BenchServer) -> None:
+    def __init__(self, contender: str, server: BenchServer, *, raw_database: str = "bench_raw") -> None:
         context = multiprocessing.get_context("spawn")
         self.contender = contender
         self.received: Any = context.Queue()
@@ -95,9 +95,9 @@ class _Pinger:
         else:
             import psycopg
 
-            self.connection = psycopg.connect(server.libpq_url("bench_raw"))
+            self.connection = psycopg.connect(server.libpq_url(raw_database))
             self.process = context.Process(
-                target=_listener_main, args=(server.libpq_url("bench_raw"), self.received, self.stop), daemon=True
+                target=_listener_main, args=(server.libpq_url(raw_database), self.received, self.stop), daemon=True
             )
         self.process.start()
         self.sequence = 0

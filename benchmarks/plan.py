@@ -24,6 +24,14 @@ class Plan:
     eventsourcing_catchup_events: int = 50_000
     rebuild_events: int = 1_000_000
     rebuild_repeats: int = 1
+    async_writer_counts: tuple[int, ...] = (1, 8)
+    """Writers (threads or tasks) of the asyncio-vs-sync append measurement."""
+    async_append_seconds: float = 2.0
+    async_repeats: int = 3
+    sse_client_counts: tuple[int, ...] = (1, 1000)
+    """Connected SSE clients per case of the SSE latency measurement."""
+    sse_pings: int = 500
+    sse_repeats: int = 2
 
 
 FULL = Plan(
@@ -45,4 +53,9 @@ QUICK = Plan(
     eventsourcing_catchup_events=2_000,
     rebuild_events=5_000,
     rebuild_repeats=1,
+    async_append_seconds=0.25,
+    async_repeats=2,
+    sse_client_counts=(1,),  # 1,000 clients would add tens of seconds; the run notes the skip
+    sse_pings=50,
+    sse_repeats=1,
 )

@@ -1,0 +1,309 @@
+"""Measurement 6: commit-to-client latency over server-sent events, with 1 and with 1,000 clients connected.
+
+Processes (2 cores, so the OS schedules them; none is pinned):
+
+- the **server**: uvicorn (asyncio loop and h11, as ``eventstore serve``
+  runs it without extra packages) serving ``eventstore.web.create_app(
+  AsyncEventStore(url))`` on 127.0.0.1, in a process of its own;
+- the **probe clients** (1, or 10 with 1,000 connected), in a process of
+  their own, so that the time they are stamped is not held up by the other
+  990 clients' reading;
+- the **load clients** (990 with 1,000 connected), in another process; every
+  one of them reads and stamps every message too (the "all clients" figures,
+  which include that process's own queueing);
+- the parent, which appends one event with :class:`eventstore.EventStore`.
+
+Clients are raw asyncio sockets (an HTTP/1.1 ``GET /api/events`` and a line
+reader), lighter than an HTTP client library at 1,000 connections. The
+probes connect after the 990 load clients, so they are the last
+subscriptions of the server's store: if the server serves subscribers in the
+order they joined, the probes see the slowest delivery.
+
+The clock starts just before the append and stops when a client's process
+reads the message's ``id:`` line (both clocks are the machine's wall clock).
+Each ping waits until every connected client has its message, then pauses
+5-15 ms, so each ping finds the server idle. The baseline is
+:mod:`benchmarks.latency`'s raw LISTEN/NOTIFY round trip (insert and
+``pg_notify`` in one transaction; a listening process stamps the arrival), in a
+database of its own, measured right next to the SSE pings of each case with
+the same clients connected (idle, since nothing is appended to their
+database), rounds alternating which goes first. Server and client CPU per ping
+come from ``/proc/<pid>/stat``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import queue
+import random
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks.latency import _Pinger
+from benchmarks.plan import Plan
+from benchmarks.report import Results
+from benchmarks.server import BenchServer
+
+__all__ = ["measure_sse"]
+
+logger = logging.getLogger(__name__)
+
+SECTION = "Commit-to-client latency over SSE (append call -> SSE client reads the message, ms)"
+SSE = "SSE GET /api/events"
+RAW = "raw LISTEN/NOTIFY"
+_PROBES = 10
+_CONNECTING_AT_ONCE = 50
+_TIMEOUT = 60.0
+_PAUSE = 0.01
+
+
+def _server_main(url: str, ports: Any) -> None:
+    """Child process: uvicorn serving the web app on a loopback port it reports (then runs until terminated)."""
+    import socket
+
+    import uvicorn
+
+    from eventstore import AsyncEventStore
+    from eventstore.web import create_app
+
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(2048)
+    ports.put(listening.getsockname()[1])
+
+    async def serve() -> None:
+        async with AsyncEventStore(url) as store:
+            config = uvicorn.Config(
+                create_app(store), log_level="warning", access_log=False, lifespan="off", backlog=2048
+            )
+            await uvicorn.Server(config).serve(sockets=[listening])
+
+    asyncio.run(serve())
+
+
+def _clients_main(port: int, count: int, tag: str, replies: Any, stop: Any) -> None:
+    """Child process: ``count`` SSE clients; reports (tag, position, [read times]) once all of them read it."""
+    asyncio.run(_clients(port, count, tag, replies, stop))
+
+
+async def _clients(port: int, count: int, tag: str, replies: Any, stop: Any) -> None:
+    arrivals: dict[int, list[float]] = {}
+    gate = asyncio.Semaphore(_CONNECTING_AT_ONCE)
+    request = f"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def connect() -> asyncio.StreamReader:
+        async with gate:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+            writer.write(request)
+            status = await reader.readline()
+            if b" 200 " not in status:
+                raise RuntimeError(f"GET /api/events answered {status!r}")
+            while (await reader.readline()) not in (b"\r\n", b""):  # the headers: the subscription exists now
+                pass
+            return reader
+
+    async def read(reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            if line.startswith(b"id: "):
+                at = time.time()
+                position = int(line[4:])
+                times = arrivals.setdefault(position, [])
+                times.append(at)
+                if len(times) == count:
+                    replies.put((tag, position, arrivals.pop(position)))
+
+    readers = await asyncio.gather(*(connect() for _ in range(count)))
+    tasks = [asyncio.create_task(read(reader)) for reader in readers]
+    replies.put((tag, 0, []))  # connected
+    while not stop.is_set():
+        await asyncio.sleep(0.1)
+    for task in tasks:
+        task.cancel()
+    for writer in writers:
+        writer.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (Linux ``/proc/<pid>/stat``), 0.0 where that is not readable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Clients:
+    """One client process and its stop flag."""
+
+    def __init__(self, context: Any, port: int, count: int, tag: str, replies: Any) -> None:
+        self.tag = tag
+        self.count = count
+        self.stop = context.Event()
+        self.process = context.Process(target=_clients_main, args=(port, count, tag, replies, self.stop), daemon=True)
+        self.process.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.process.join(timeout=15)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+class _SsePinger:
+    """Parent side: the server process, its clients, and the store that appends the pings."""
+
+    def __init__(self, server: BenchServer) -> None:
+        from eventstore import EventStore
+
+        self.context = multiprocessing.get_context("spawn")
+        url = server.url(server.create_database("bench_sse"))
+        self.store = EventStore(url)
+        ports: Any = self.context.Queue()
+        self.replies: Any = self.context.Queue()
+        self.server = self.context.Process(target=_server_main, args=(url, ports), daemon=True)
+        self.server.start()
+        self.port = int(ports.get(timeout=_TIMEOUT))
+        self.clients: list[_Clients] = []
+        self.pending: dict[tuple[str, int], list[float]] = {}
+        self.sequence = 0
+
+    def connect(self, count: int) -> None:
+        """Replace the connected clients by ``count`` (the load first, then the probes)."""
+        self.disconnect()
+        probes = min(count, _PROBES) if count > 1 else 1
+        if count > probes:
+            self._start(count - probes, "load")
+        self._start(probes, "probe")
+
+    def _start(self, count: int, tag: str) -> None:
+        clients = _Clients(self.context, self.port, count, tag, self.replies)
+        self.clients.append(clients)
+        self._expect(tag, 0)
+
+    def disconnect(self) -> None:
+        for clients in self.clients:
+            clients.close()
+        self.clients = []
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds used so far by the server process and by all client processes."""
+        assert self.server.pid is not None
+        return _cpu_seconds(self.server.pid), sum(
+            _cpu_seconds(clients.process.pid) for clients in self.clients if clients.process.pid is not None
+        )
+
+    def ping(self) -> tuple[list[float], list[float]]:
+        """One append; (the probes' latencies, every client's latencies) in ms."""
+        from eventstore import NewEvent
+
+        self.sequence += 1
+        sent = time.time()
+        position = self.store.append(
+            f"sse-{uuid.uuid4().hex[:12]}", [NewEvent("Ping", {"n": self.sequence})]
+        ).global_position
+        probes: list[float] = []
+        everyone: list[float] = []
+        for clients in self.clients:
+            times = [(at - sent) * 1000.0 for at in self._expect(clients.tag, position)]
+            everyone += times
+            if clients.tag == "probe":
+                probes = times
+        return probes, everyone
+
+    def _expect(self, tag: str, position: int) -> list[float]:
+        """The read times ``tag``'s clients report for ``position`` (0: connected); others are kept for later."""
+        if (tag, position) in self.pending:
+            return self.pending.pop((tag, position))
+        deadline = time.monotonic() + _TIMEOUT
+        while True:
+            try:
+                got_tag, got_position, times = self.replies.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"SSE {tag} clients: position {position} not read within {_TIMEOUT} s") from None
+            if (got_tag, got_position) == (tag, position):
+                return list(times)
+            self.pending[(got_tag, got_position)] = list(times)
+
+    def close(self) -> None:
+        self.disconnect()
+        self.server.terminate()
+        self.server.join(timeout=15)
+        if self.server.is_alive():
+            self.server.kill()
+        self.store.engine.dispose()
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
+    """p50/p99 per case (1 and 1,000 clients connected), each next to the raw round trip, rounds alternating."""
+    try:
+        import uvicorn  # noqa: F401 - the web extra
+    except ImportError:
+        results.notes.append("SSE latency skipped: the web extra (uvicorn, starlette) is not installed")
+        return
+    server.create_database("bench_sse_raw")
+    server.execute("bench_sse_raw", "ALTER TABLE events DISABLE TRIGGER events_notify_v3")
+    server.execute("bench_sse_raw", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
+    raw = _Pinger(RAW, server, raw_database="bench_sse_raw")
+    sse = _SsePinger(server)
+    try:
+        for clients in plan.sse_client_counts:
+            began = time.monotonic()
+            sse.connect(clients)
+            logger.info("sse: %d clients connected in %.1f s", clients, time.monotonic() - began)
+            case = f"{clients:,} client{'s' if clients > 1 else ''} connected, p99"
+            sse.ping()  # warm-up: the server's subscription hub and LISTEN connection are up
+            for round_number in range(plan.sse_repeats):
+                for contender in (SSE, RAW) if round_number % 2 == 0 else (RAW, SSE):
+                    if contender == RAW:
+                        samples = []
+                        for _ in range(plan.sse_pings):
+                            samples.append(raw.ping())
+                            time.sleep(_PAUSE * (0.5 + random.random()))
+                        _record(results, case, RAW, samples, {})
+                        continue
+                    probes: list[float] = []
+                    everyone: list[float] = []
+                    server_cpu, clients_cpu = sse.cpu_seconds()
+                    for _ in range(plan.sse_pings):
+                        mine, all_of_them = sse.ping()
+                        probes += mine
+                        everyone += all_of_them
+                        time.sleep(_PAUSE * (0.5 + random.random()))
+                    server_after, clients_after = sse.cpu_seconds()
+                    ordered = sorted(everyone)
+                    extra = {
+                        "all clients p50": statistics.median(ordered),
+                        "all clients p99": _percentile(ordered, 0.99),
+                        "server CPU ms/ping": (server_after - server_cpu) * 1000.0 / plan.sse_pings,
+                        "clients CPU ms/ping": (clients_after - clients_cpu) * 1000.0 / plan.sse_pings,
+                    }
+                    _record(results, case, SSE, probes, extra)
+        if max(plan.sse_client_counts) < 1000:
+            results.notes.append(
+                "SSE latency with 1,000 clients skipped in --quick (connecting them and fanning every ping out "
+                "takes tens of seconds); the full run measures it"
+            )
+    finally:
+        sse.close()
+        raw.close()
+
+
+def _record(results: Results, case: str, contender: str, samples: list[float], extra: dict[str, float]) -> None:
+    ordered = sorted(samples)
+    p99 = _percentile(ordered, 0.99)
+    extra = {"p50": statistics.median(ordered), "max": ordered[-1], "samples": float(len(ordered)), **extra}
+    logger.info("sse latency %s %s: p50 %.2f p99 %.2f ms %s", case, contender, extra["p50"], p99, extra)
+    results.add(SECTION, case, contender, p99, unit="ms", compare_to=(RAW,) if contender == SSE else (), extra=extra)
