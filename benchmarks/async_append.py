@@ -8,13 +8,17 @@ payload as :mod:`benchmarks.writers` into its own migrated database:
 - ``AsyncEventStore (tasks)``: N tasks sharing one
   :class:`eventstore.AsyncEventStore` in one event loop (kept across windows,
   so its connections stay warm, as the sync store's do).
+- the same two with ``notify=False`` (full mode only): no wake-up after the
+  commit. The sync store sends its wake-up without waiting for the answer;
+  the async store awaits it; these two rows show how much of the gap between
+  the stores is the wake-up and how much is the rest of the call.
 
 Each writer appends a few times before its window opens (connections opened,
 statements prepared), then appends until the window closes; events/s of all
 writers together. Both stores keep at most 4 connections open between calls,
 so at 8 writers both open and close connections beyond those 4 as they go:
 that is each store's behaviour as shipped, measured the same way for both.
-The order of the two contenders alternates every round.
+The order of the contenders rotates every round.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ logger = logging.getLogger(__name__)
 SECTION = "Append throughput, asyncio vs sync store, one process (events/s, 1 event/append)"
 SYNC = "EventStore (threads)"
 ASYNC = "AsyncEventStore (tasks)"
+SYNC_NO_NOTIFY = "EventStore notify=False (threads)"
+ASYNC_NO_NOTIFY = "AsyncEventStore notify=False (tasks)"
+_BASELINE = {ASYNC: (SYNC,), ASYNC_NO_NOTIFY: (SYNC_NO_NOTIFY,), SYNC_NO_NOTIFY: (), SYNC: ()}
 _WARM_UP_APPENDS = 3
 
 
@@ -46,10 +53,10 @@ def _stream_id(prefix: str, counter: int) -> str:
 class _SyncContender:
     """``writers`` threads on one EventStore, each appending single events to new streams."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, notify: bool = True) -> None:
         from eventstore import EventStore
 
-        self.store = EventStore(url)
+        self.store = EventStore(url, notify=notify)
 
     def measure(self, writers: int, duration: float) -> float:
         from eventstore import NO_STREAM, NewEvent
@@ -96,11 +103,11 @@ class _SyncContender:
 class _AsyncContender:
     """``writers`` tasks on one AsyncEventStore, in one event loop that lives as long as the contender."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, notify: bool = True) -> None:
         from eventstore import AsyncEventStore
 
         self.runner = asyncio.Runner()
-        self.store = AsyncEventStore(url)
+        self.store = AsyncEventStore(url, notify=notify)
 
     def measure(self, writers: int, duration: float) -> float:
         return self.runner.run(self._measure(writers, duration))
@@ -138,24 +145,46 @@ class _AsyncContender:
 
 
 def measure_async_append(
-    server: BenchServer, results: Results, *, writer_counts: tuple[int, ...], repeats: int, duration: float
+    server: BenchServer,
+    results: Results,
+    *,
+    writer_counts: tuple[int, ...],
+    repeats: int,
+    duration: float,
+    without_wake_up: bool,
 ) -> None:
-    """Every writer count, both contenders, ``repeats`` rounds, the contenders' order alternating each round."""
-    sync = _SyncContender(server.url(server.create_database("bench_append_sync")))
-    asynchronous = _AsyncContender(server.url(server.create_database("bench_append_async")))
+    """Every writer count, every contender, ``repeats`` rounds, the contenders' order rotating each round.
+
+    ``without_wake_up`` adds the ``notify=False`` pair.
+    """
+    stores: list[tuple[str, _SyncContender | _AsyncContender]] = [
+        (SYNC, _SyncContender(server.url(server.create_database("bench_append_sync")))),
+        (ASYNC, _AsyncContender(server.url(server.create_database("bench_append_async")))),
+    ]
+    if without_wake_up:
+        stores.append(
+            (SYNC_NO_NOTIFY, _SyncContender(server.url(server.create_database("bench_append_sync_nn")), notify=False))
+        )
+        stores.append(
+            (
+                ASYNC_NO_NOTIFY,
+                _AsyncContender(server.url(server.create_database("bench_append_async_nn")), notify=False),
+            )
+        )
     try:
-        contenders = [(SYNC, sync.measure), (ASYNC, asynchronous.measure)]
         for writers in writer_counts:  # warm-up: every connection either store will keep
-            for _, measure in contenders:
-                measure(writers, 0.05)
+            for _, store in stores:
+                store.measure(writers, 0.05)
         for round_number in range(repeats):
             for writers in writer_counts:
                 case = f"{writers} writer{'s' if writers > 1 else ''}"
-                order = contenders if round_number % 2 == 0 else contenders[::-1]
-                for name, measure in order:
-                    rate = measure(writers, duration)
+                shift = round_number % len(stores)
+                for name, store in stores[shift:] + stores[:shift]:
+                    rate = store.measure(writers, duration)
                     logger.info("async append %s %s round %d: %.0f events/s", case, name, round_number + 1, rate)
-                    results.add(SECTION, case, name, rate, unit="ev/s", compare_to=(SYNC,) if name == ASYNC else ())
+                    results.add(SECTION, case, name, rate, unit="ev/s", compare_to=_BASELINE[name])
     finally:
-        sync.close()
-        asynchronous.close()
+        for _, store in stores:
+            store.close()
+    if not without_wake_up:
+        results.notes.append("asyncio vs sync append: the notify=False pair skipped in --quick; the full run has it")

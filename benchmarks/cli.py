@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                     writer_counts=plan.async_writer_counts,
                     repeats=plan.async_repeats,
                     duration=plan.async_append_seconds,
+                    without_wake_up=plan.async_without_wake_up,
                 )
             if "sse" in arguments.only:
                 from benchmarks.sse import measure_sse

@@ -28,6 +28,8 @@ class Plan:
     """Writers (threads or tasks) of the asyncio-vs-sync append measurement."""
     async_append_seconds: float = 2.0
     async_repeats: int = 3
+    async_without_wake_up: bool = True
+    """Also measure both stores with ``notify=False`` (where the gap between them comes from)."""
     sse_client_counts: tuple[int, ...] = (1, 1000)
     """Connected SSE clients per case of the SSE latency measurement."""
     sse_pings: int = 500
@@ -55,6 +57,7 @@ QUICK = Plan(
     rebuild_repeats=1,
     async_append_seconds=0.25,
     async_repeats=2,
+    async_without_wake_up=False,
     sse_client_counts=(1,),  # 1,000 clients would add tens of seconds; the run notes the skip
     sse_pings=50,
     sse_repeats=1,
