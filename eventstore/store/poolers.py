@@ -45,10 +45,12 @@ logger = logging.getLogger(__name__)
 
 ROUTE_SQL = (
     "SELECT host(inet_client_addr()), inet_client_port(), host(inet_server_addr()), inet_server_port(), "
-    "current_setting('port'), current_setting('unix_socket_directories')"
+    "current_setting('port'), (SELECT setting FROM pg_settings WHERE name = 'unix_socket_directories')"
 )
 """What the server sees of this connection (https://www.postgresql.org/docs/current/functions-info.html):
-NULL addresses for a unix socket."""
+NULL addresses for a unix socket. ``unix_socket_directories`` is read from ``pg_settings``, which
+hides it (NULL) from a role without ``pg_read_all_settings`` instead of failing as
+``current_setting`` does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +67,16 @@ def route_of(row: tuple[Any, ...], fd: int) -> Route:
     with socket.socket(fileno=os.dup(fd)) as sock:  # a duplicate: closing it leaves the connection open
         family, local, peer = sock.family, sock.getsockname(), sock.getpeername()
     if family == socket.AF_UNIX:
-        expected = {
-            os.path.join(os.path.realpath(directory.strip()), f".s.PGSQL.{port}")
-            for directory in str(directories).split(",")
-            if directory.strip() and not directory.strip().startswith("@")
-        }
         path = os.path.join(os.path.realpath(os.path.dirname(peer)), os.path.basename(peer)) if peer else ""
-        if client_host is None and path in expected:
+        if directories is None:  # hidden from this role: the socket file's port must be the server's
+            own = os.path.basename(path) == f".s.PGSQL.{port}"
+        else:
+            own = path in {
+                os.path.join(os.path.realpath(directory.strip()), f".s.PGSQL.{port}")
+                for directory in str(directories).split(",")
+                if directory.strip() and not directory.strip().startswith("@")
+            }
+        if client_host is None and own:
             return Route(True, f"unix socket {peer} is the server's own")
         seen = "a unix socket" if client_host is None else f"client {client_host}:{client_port}"
         return Route(False, f"this process uses unix socket {peer or '?'}; the server sees {seen} on port {port}")

@@ -47,3 +47,16 @@ def test_unix_socket_direct_only_on_the_servers_own_socket_file() -> None:
                 assert route_of(row, client.fileno()).direct
                 assert not route_of((None, None, None, None, "6432", directory), client.fileno()).direct
                 assert not route_of(("127.0.0.1", 40000, "127.0.0.1", 5432, "5432", directory), client.fileno()).direct
+
+
+def test_unix_socket_when_the_role_may_not_see_the_socket_directories() -> None:
+    """pg_settings hides unix_socket_directories from a role without pg_read_all_settings: the port decides."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / ".s.PGSQL.5432"
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(path))
+            server.listen()
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))
+                assert route_of((None, None, None, None, "5432", None), client.fileno()).direct
+                assert not route_of((None, None, None, None, "6432", None), client.fileno()).direct
