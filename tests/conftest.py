@@ -7,7 +7,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+import sqlalchemy as sa
+
+from eventstore.testing import TestServer
 
 
 @pytest.fixture
@@ -23,3 +27,22 @@ def outside_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="eventstore-test-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def blocker(test_server: TestServer) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A forced stall: an open transaction holding an xid, in another database of the same cluster.
+
+    It holds back the gap rule's fence for every database of the cluster;
+    commit or roll it back to end the stall. Its application_name is
+    ``billing-batch``.
+    """
+    name = test_server.create_database(migrated=False)
+    url = sa.make_url(test_server.url(name)).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = psycopg.connect(url, application_name="billing-batch")
+    connection.execute("SELECT pg_current_xact_id()")
+    try:
+        yield connection
+    finally:
+        connection.close()
+        test_server.drop_database(name)

@@ -20,13 +20,11 @@ from typing import IO
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventstore import EventStore, NewEvent, ProjectionRunner, metrics
 from eventstore.errors import ConfigurationError
-from eventstore.testing import TestServer
 from projections import Ledger
 from tests.runner.runner_helpers import FAST, running, wait_for
 
@@ -70,20 +68,6 @@ def registry() -> Iterator[CollectorRegistry]:
         yield registry
     finally:
         metrics.disable()
-
-
-@pytest.fixture
-def blocker(test_server: TestServer) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """An open transaction holding an xid, in another database of the same cluster (a forced stall)."""
-    name = test_server.create_database(migrated=False)
-    url = sa.make_url(test_server.url(name)).set(drivername="postgresql").render_as_string(hide_password=False)
-    connection = psycopg.connect(url, application_name="billing-batch")
-    connection.execute("SELECT pg_current_xact_id()")
-    try:
-        yield connection
-    finally:
-        connection.close()
-        test_server.drop_database(name)
 
 
 def _append(store: EventStore, count: int, event_type: str = "Tick", stream: str = "order") -> int:

@@ -13,31 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from eventstore import EventStore, NewEvent, Projection, ProjectionRunner, admin
 from eventstore.cli import app
-from eventstore.testing import TestServer
 from projections import Ledger
-
-
-@pytest.fixture
-def blocker(test_server: TestServer) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """An open transaction holding an xid, in another database of the same cluster."""
-    name = test_server.create_database(migrated=False)
-    url = sa.make_url(test_server.url(name)).set(drivername="postgresql").render_as_string(hide_password=False)
-    connection = psycopg.connect(url, application_name="billing-batch")
-    connection.execute("SELECT pg_current_xact_id()")
-    try:
-        yield connection
-    finally:
-        connection.close()
-        test_server.drop_database(name)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -20,10 +20,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import sqlalchemy as sa
 
 from eventstore import EventStore, NewEvent, ProjectionRunner
-from eventstore.testing import TestServer
 from projections import Ledger
 from tests.web.conftest import WebServer
 
@@ -93,20 +91,6 @@ def running(runner: ProjectionRunner) -> Iterator[ProjectionRunner]:
         thread.join(15)
     assert not thread.is_alive(), "runner did not stop within 15 s"
     assert not errors, errors
-
-
-@pytest.fixture
-def blocker(test_server: TestServer) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """An open transaction holding an xid, in another database of the same cluster."""
-    name = test_server.create_database(migrated=False)
-    url = sa.make_url(test_server.url(name)).set(drivername="postgresql").render_as_string(hide_password=False)
-    connection = psycopg.connect(url, application_name="billing-batch")
-    connection.execute("SELECT pg_current_xact_id()")
-    try:
-        yield connection
-    finally:
-        connection.close()
-        test_server.drop_database(name)
 
 
 def test_the_page_follows_appends_without_a_reload(
