@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import ipaddress
 from typing import Annotated
 
@@ -62,7 +63,7 @@ def serve(
         ),
     ] = 15.0,
 ) -> None:
-    """Serve the web API (streams, appends, projection waits, live events over SSE) until Ctrl-C."""
+    """Serve the dashboard and the web API (streams, appends, waits, live events over SSE, /metrics) until Ctrl-C."""
     if not token and not is_loopback(host):
         raise CliError(
             f"--host {host} accepts connections from other machines, and no token is set; pass --token "
@@ -78,6 +79,12 @@ def serve(
     context = state(ctx)
     engine = context.target().engine
     projections = context.projections()  # instances: the dashboard's lag counts with their filters
+    if importlib.util.find_spec("prometheus_client") is not None:
+        from eventstore import metrics
+
+        # /metrics: this process's appends, and the projections' progress read at each scrape.
+        metrics.enable()
+        metrics.watch(context.store(), projections)
 
     async def run() -> None:
         async with AsyncEventStore(engine) as store:

@@ -8,7 +8,7 @@ and the body of every error come from :mod:`eventstore.web.errors`.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from eventstore.errors import (
     InvalidEvent,
@@ -118,3 +118,20 @@ async def wait_for_projection(request: Request) -> JSONResponse:
 async def _has_checkpoint(store: AsyncEventStore, name: str) -> bool:
     """Whether ``name`` has a checkpoint."""
     return name in await store.checkpoints([name])
+
+
+async def metrics_exposition(request: Request) -> Response:
+    """``GET /metrics``: prometheus_client's default registry (see :mod:`eventstore.metrics`).
+
+    ``eventstore serve`` enables the counters and watches its projections there;
+    an app of your own calls ``metrics.enable()`` / ``metrics.watch(...)`` itself.
+    404 (naming the extra) when prometheus-client is not installed.
+    """
+    from eventstore import metrics
+    from eventstore.errors import ConfigurationError
+
+    try:
+        body, content_type = metrics.render()
+    except ConfigurationError as error:
+        raise RequestError(404, str(error)) from error
+    return Response(body, media_type=content_type)

@@ -35,6 +35,7 @@ def build_app(
         Route("/api/streams/{stream_id:path}", api.append_events, methods=["POST"]),
         Route("/api/projections/{name}/wait", api.wait_for_projection, methods=["GET"]),
         Route("/api/events", sse.stream_events, methods=["GET"]),
+        Route("/metrics", api.metrics_exposition, methods=["GET"]),
         # The dashboard (eventstore.web.dashboard): the page, its live fragments, Retry and Skip, its assets.
         Route("/", dashboard.page, methods=["GET"]),
         Route("/dashboard/events", dashboard.events, methods=["GET"]),

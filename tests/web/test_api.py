@@ -217,6 +217,11 @@ def test_serve_runs_the_app_on_any_address_with_a_token_until_ctrl_c(database_ur
         headers = {"Authorization": "Bearer t0ken"}
         assert httpx.post(f"{base}/api/streams/order-1", json={"type": "A"}, headers=headers).status_code == 201
         assert httpx.get(f"{base}/api/streams/order-1", headers=headers).json()[0]["type"] == "A"
+        scraped = httpx.get(f"{base}/metrics", headers=headers, timeout=10)
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+        assert 'eventstore_appends_total{category="order",outcome="appended"} 1.0' in scraped.text
+        assert 'eventstore_projection_lag_events{projection="order_summaries"} 1.0' in scraped.text
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
     finally:
