@@ -61,7 +61,7 @@ class _SyncContender:
     def measure(self, writers: int, duration: float) -> float:
         from eventstore import NO_STREAM, NewEvent
 
-        counts = [0] * writers
+        rates = [0.0] * writers
         errors: list[BaseException] = []
         start = time.time() + 0.1 + 0.01 * writers
 
@@ -76,14 +76,14 @@ class _SyncContender:
                     time.sleep(min(0.005, max(0.0, start - time.time())))
                 end = start + duration
                 appended = 0
-                while True:
+                while True:  # the rate over the writer's own completed appends (as benchmarks/writers.py)
                     self.store.append(
                         _stream_id(prefix, appended), [NewEvent("BenchEvent", PAYLOAD)], expected_version=NO_STREAM
                     )
-                    if time.time() > end:
-                        break
                     appended += 1
-                counts[index] = appended
+                    if (now := time.time()) > end:
+                        break
+                rates[index] = appended / max(now - start, 1e-9)
             except BaseException as error:  # reported by the parent thread
                 errors.append(error)
 
@@ -94,7 +94,7 @@ class _SyncContender:
             thread.join()
         if errors:
             raise RuntimeError(f"a sync writer thread failed: {errors[0]!r}") from errors[0]
-        return sum(counts) / duration
+        return sum(rates)
 
     def close(self) -> None:
         self.store.engine.dispose()
@@ -117,7 +117,7 @@ class _AsyncContender:
 
         start = time.time() + 0.1 + 0.01 * writers
 
-        async def write(index: int) -> int:
+        async def write(index: int) -> float:
             prefix = f"async-{index}x{uuid.uuid4().hex[:8]}"
             for counter in range(_WARM_UP_APPENDS):
                 await self.store.append(
@@ -126,16 +126,16 @@ class _AsyncContender:
             await asyncio.sleep(max(0.0, start - time.time()))
             end = start + duration
             appended = 0
-            while True:
+            while True:  # the rate over the task's own completed appends (as benchmarks/writers.py)
                 await self.store.append(
                     _stream_id(prefix, appended), [NewEvent("BenchEvent", PAYLOAD)], expected_version=NO_STREAM
                 )
-                if time.time() > end:
-                    return appended
                 appended += 1
+                if (now := time.time()) > end:
+                    return appended / max(now - start, 1e-9)
 
-        counts = await asyncio.gather(*(write(index) for index in range(writers)))
-        return sum(counts) / duration
+        rates = await asyncio.gather(*(write(index) for index in range(writers)))
+        return sum(rates)
 
     def close(self) -> None:
         try:
