@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 
 from eventstore import EventStore, NewEvent, ProjectionRunner
 from projections import Ledger
+from tests.runner.runner_helpers import running
 from tests.web.conftest import WebServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -69,28 +69,6 @@ def browser_page(tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
             yield page, problems
         finally:
             browser.close()
-
-
-@contextlib.contextmanager
-def running(runner: ProjectionRunner) -> Iterator[ProjectionRunner]:
-    """``runner.run()`` in a thread for the block; stopped and joined after."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            runner.run()
-        except BaseException as error:  # reported below
-            errors.append(error)
-
-    thread = threading.Thread(target=target, name="dashboard-test-runner", daemon=True)
-    thread.start()
-    try:
-        yield runner
-    finally:
-        runner.stop()
-        thread.join(15)
-    assert not thread.is_alive(), "runner did not stop within 15 s"
-    assert not errors, errors
 
 
 def test_the_page_follows_appends_without_a_reload(
