@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from eventstore.database import libpq_url
+from eventstore.database import libpq_url, url_of
 from eventstore.errors import ConfigurationError, ProjectionError, ProjectionTimeout
 from eventstore.projection import Projection
 from eventstore.runner.checkpoints import Cursor
@@ -54,7 +54,10 @@ class ProjectionRunner:
     and the :class:`~eventstore.runner.RunnerSettings` fields (``batch_size``,
     ``held_back_interval``, ``lock_retry_interval``, ``retry_attempts``,
     ``retry_delay``, ``retry_max_delay``, ``reconnect_max_delay``,
-    ``liveness_interval``, ``stall_warning_after``), plus ``shutdown_timeout``.
+    ``liveness_interval``, ``stall_warning_after``), plus ``shutdown_timeout``
+    and ``listen_url`` (a direct connection URL for the LISTEN session, for
+    when ``store`` goes through a transaction-mode pooler; default: the
+    store's URL).
 
     Raises :class:`ConfigurationError` for a bad projection list (names the
     projection and the fix).
@@ -72,6 +75,7 @@ class ProjectionRunner:
         poll_interval: float = 5.0,
         on_batch: Callable[[str, list[RecordedEvent]], None] | None = None,
         shutdown_timeout: float = 8.0,
+        listen_url: str | None = None,
         **settings: Any,
     ) -> None:
         if isinstance(projections, Projection) or not projections:
@@ -94,6 +98,7 @@ class ProjectionRunner:
         self.projections = list(projections)
         self.on_batch = on_batch
         self.shutdown_timeout = shutdown_timeout
+        self.listen_url = listen_url
         self.owner = owner_id()
         self._stop = threading.Event()
         self._signalled = 0
@@ -121,7 +126,7 @@ class ProjectionRunner:
         self._ran = True
         engine = session_engine(self.store.engine, application_name="eventstore-runner")
         listener = Listener(
-            libpq_url(self.store.engine),
+            libpq_url(url_of(self.listen_url) if self.listen_url else self.store.engine),
             NOTIFY_CHANNEL,
             self._on_wake,
             liveness_interval=self.settings.liveness_interval,
