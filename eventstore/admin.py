@@ -2,7 +2,7 @@
 
 The functions the CLI calls. Writers here take the same locks as runners (see
 :mod:`eventstore.runner.checkpoints` and :mod:`eventstore.runner.ownership`): ``reset`` and
-``rebuild`` take the projection's advisory lock and raise
+``rebuild`` take the projection's lease and raise
 :class:`~eventstore.errors.ProjectionBusy` while a runner holds it;
 ``retry``, ``skip`` and ``replay_stream`` lock the checkpoint row, so they
 are safe while a runner is live, and wake the runners when they commit.
@@ -10,11 +10,10 @@ are safe while a runner is live, and wake the runners when they commit.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-
-import sqlalchemy as sa
 
 from eventstore.database import translate_driver_errors
 from eventstore.errors import ProjectionError, ProjectionNotFound
@@ -109,7 +108,7 @@ def projection_status(store: EventStore, projections: Sequence[Projection | str]
                 lag_events=int(lag.lag_events),
                 lag_seconds=float(lag.lag_seconds),
                 state=_state(current, name in held, int(lag.lag_events), int(lag.held_back)),
-                owner=current.owner if current is not None and name in held else None,
+                owner=held.get(name),
                 last_error=current.last_error if current else None,
                 failed_position=current.failed_position if current else None,
                 held_back=int(lag.held_back),
@@ -178,20 +177,16 @@ def reset(store: EventStore, projection: Projection) -> None:
 
     Raises :class:`ProjectionBusy` while a runner holds the projection.
     """
-    engine = session_engine(store.engine, application_name="eventstore-admin")
-    try:
-        session = _acquire(engine, store, projection, threading.Event(), state="stopped")
+    with _admin_store(store) as own:
+        session = _acquire(own, projection, threading.Event(), state="stopped")
         try:
-            with session.connection.begin():
-                checkpoints.lock(session.connection, projection.name)
-                projection.reset(session.connection)
-                checkpoints.move_to(session.connection, projection.name, (0, 0))
-                checkpoints.clear_failure(session.connection, projection.name, state="stopped")
-                checkpoints.resolve_open_failures(session.connection, projection.name, "retried")
+            with session.transaction() as connection:
+                projection.reset(connection)
+                checkpoints.move_to(connection, projection.name, (0, 0))
+                checkpoints.clear_failure(connection, projection.name, state="stopped")
+                checkpoints.resolve_open_failures(connection, projection.name, "retried")
         finally:
             session.release()
-    finally:
-        engine.dispose()
 
 
 def rebuild(
@@ -218,17 +213,15 @@ def rebuild(
     """
     stop = stop_event or threading.Event()
     start = store.order_of(from_position) if from_position else (0, 0)
-    engine = session_engine(store.engine, application_name="eventstore-admin")
-    try:
-        session = _acquire(engine, store, projection, stop, state="rebuilding", batch_size=batch_size)
+    with _admin_store(store) as own:
+        session = _acquire(own, projection, stop, state="rebuilding", batch_size=batch_size)
         try:
-            with session.connection.begin():
-                checkpoints.lock(session.connection, projection.name)
+            with session.transaction() as connection:
                 if from_position is None:
-                    projection.reset(session.connection)
-                checkpoints.move_to(session.connection, projection.name, start)
-                checkpoints.clear_failure(session.connection, projection.name, state="rebuilding")
-                checkpoints.resolve_open_failures(session.connection, projection.name, "retried")
+                    projection.reset(connection)
+                checkpoints.move_to(connection, projection.name, start)
+                checkpoints.clear_failure(connection, projection.name, state="rebuilding")
+                checkpoints.resolve_open_failures(connection, projection.name, "retried")
             total = projection_status(store, [projection])[0].lag_events
             done = 0
 
@@ -244,23 +237,29 @@ def rebuild(
             return result.processed
         finally:
             session.release()
+
+
+@contextlib.contextmanager
+def _admin_store(store: EventStore) -> Iterator[EventStore]:
+    """A store on a small pool of its own, for one-off work under a projection's lease."""
+    engine = session_engine(store.engine, application_name="eventstore-admin", pool_size=2)
+    own = EventStore(engine, read_batch_size=store.read_batch_size)
+    try:
+        yield own
     finally:
+        own.close()
         engine.dispose()
 
 
 def _acquire(
-    engine: sa.Engine,
-    store: EventStore,
-    projection: Projection,
-    stop: threading.Event,
-    *,
-    state: str,
-    batch_size: int = 500,
+    store: EventStore, projection: Projection, stop: threading.Event, *, state: str, batch_size: int = 500
 ) -> ProjectionSession:
     projection.check()
     settings = RunnerSettings(batch_size=batch_size)
     with translate_driver_errors(store.engine):
-        return ProjectionSession.acquire_or_busy(engine, store, projection, settings=settings, stop=stop, state=state)
+        return ProjectionSession.acquire_or_busy(
+            store.engine, store, projection, settings=settings, stop=stop, state=state
+        )
 
 
 def replay_stream(store: EventStore, projection: Projection, stream_id: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from eventstore.admin import projection_status
@@ -20,7 +21,7 @@ _CHECKPOINTS_SQL = """
 """
 
 
-def _checkpoint_rows(context: Context) -> tuple[list[Any], dict[str, int]]:
+def _checkpoint_rows(context: Context) -> tuple[list[Any], Mapping[str, str]]:
     with context.engine.connect() as connection:
         rows = list(connection.exec_driver_sql(_CHECKPOINTS_SQL).all())
         locks = lock_owners(connection, [row.projection_name for row in rows])
@@ -61,7 +62,7 @@ def check_projections(context: Context) -> list[Finding]:
         readable = status.lag_events - status.held_back
         if readable > 0 and row.unchanged_seconds >= context.stall_after:
             holder = (
-                f"the runner holding it (backend pid {locks[status.name]}) made no progress"
+                f"the runner holding its lease ({locks[status.name]}) made no progress"
                 if status.name in locks
                 else "no runner holds it"
             )
@@ -88,7 +89,7 @@ def check_projections(context: Context) -> list[Finding]:
 
 
 def check_ownership(context: Context) -> list[Finding]:
-    """A warning per projection marked running, idle or rebuilding by an owner whose lock no session holds."""
+    """A warning per projection marked running, idle or rebuilding by an owner whose lease expired unreleased."""
     rows, locks = _checkpoint_rows(context)
     findings = []
     for row in rows:
@@ -98,7 +99,7 @@ def check_ownership(context: Context) -> list[Finding]:
                     "ownership",
                     Severity.WARNING,
                     f"projection {row.projection_name!r} is marked {row.state} by {row.owner} since "
-                    f"{format_duration(row.unchanged_seconds)} ago, but no session holds its lock: that runner died "
+                    f"{format_duration(row.unchanged_seconds)} ago, but its lease expired: that runner died "
                     "without releasing it",
                     "start a runner (`eventstore projections run`): it takes over from the stored checkpoint "
                     "and rewrites the state",
@@ -110,4 +111,4 @@ def check_ownership(context: Context) -> list[Finding]:
                     },
                 )
             )
-    return findings or [Finding("ownership", Severity.OK, "every projection marked as owned has a live lock holder")]
+    return findings or [Finding("ownership", Severity.OK, "every projection marked as owned has a live lease")]

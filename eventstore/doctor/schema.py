@@ -16,7 +16,7 @@ __all__ = [
     "wake_ups_sequence_exists",
 ]
 
-SCHEMA_REVISION = "0003_wake_up_hint_only"
+SCHEMA_REVISION = "0004_projection_leases"
 """The revision the expected objects below describe; a test keeps it equal to the head revision."""
 
 # (name, made by revision); a trigger missing or disabled is a problem.

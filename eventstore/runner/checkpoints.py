@@ -67,7 +67,7 @@ def cursor_of(event: RecordedEvent) -> Cursor:
 
 _COLUMNS = (
     "projection_name, transaction_order::text AS transaction_order, global_position, state, "
-    "failed_position, last_error, last_traceback, owner, updated_at"
+    "failed_position, last_error, last_traceback, owner, updated_at, lease_token, lease_expires_at"
 )
 
 _ENSURE = sa.text(
@@ -89,12 +89,14 @@ _ADVANCE = sa.text(
     RETURNING global_position
     """
 )
-# Take the row lock and move the checkpoint in one statement, at the start of a batch.
+# Take the row lock, check the lease's fencing token, renew the lease and move the
+# checkpoint, in one statement at the start of a batch (see eventstore.runner.ownership).
 _ADVANCE_FROM = sa.text(
     """
     UPDATE projection_checkpoints
-    SET transaction_order = CAST(:order AS xid8), global_position = :position, updated_at = now()
-    WHERE projection_name = :name AND state <> 'failed'
+    SET transaction_order = CAST(:order AS xid8), global_position = :position, updated_at = now(),
+        lease_expires_at = clock_timestamp() + make_interval(secs => :ttl)
+    WHERE projection_name = :name AND state <> 'failed' AND lease_token = :token
       AND (transaction_order, global_position) = (CAST(:expected_order AS xid8), :expected_position)
       AND (transaction_order, global_position) < (CAST(:order AS xid8), :position)
     RETURNING global_position
@@ -136,6 +138,9 @@ class Checkpoint:
     last_traceback: str | None
     owner: str | None
     updated_at: datetime
+    lease_token: int = 0
+    """The fencing token of the last lease taken (see :mod:`eventstore.runner.ownership`)."""
+    lease_expires_at: datetime | None = None
 
     @property
     def position(self) -> int:
@@ -174,6 +179,8 @@ def _checkpoint(row: Any) -> Checkpoint:
         last_traceback=row.last_traceback,
         owner=row.owner,
         updated_at=row.updated_at,
+        lease_token=int(row.lease_token),
+        lease_expires_at=row.lease_expires_at,
     )
 
 
@@ -214,13 +221,15 @@ def advance(conn: Connection, name: str, cursor: Cursor) -> bool:
     return row is not None
 
 
-def advance_from(conn: Connection, name: str, expected: Cursor, cursor: Cursor) -> bool:
-    """Move the checkpoint forward from exactly ``expected`` to ``cursor``, locking its row.
+def advance_from(conn: Connection, name: str, expected: Cursor, cursor: Cursor, *, token: int, ttl: float) -> bool:
+    """Move the checkpoint forward from exactly ``expected`` to ``cursor``, locking its row, under lease ``token``.
 
     False (nothing changed) when the checkpoint is elsewhere, the projection is
-    failed, or ``cursor`` is not ahead: roll back. A batch calls this first,
+    failed, ``cursor`` is not ahead, or the lease's token is no longer
+    ``token`` (another owner took over): roll back. A batch calls this first,
     so that it takes the row lock before any read-model write (see the module
-    docstring) and needs one statement for both the lock and the move.
+    docstring) and needs one statement for the lock, the fencing check, the
+    lease's renewal (``ttl`` seconds from now) and the move.
     """
     parameters = {
         "name": name,
@@ -228,6 +237,8 @@ def advance_from(conn: Connection, name: str, expected: Cursor, cursor: Cursor) 
         "position": cursor[1],
         "expected_order": str(expected[0]),
         "expected_position": expected[1],
+        "token": token,
+        "ttl": ttl,
     }
     return conn.execute(_ADVANCE_FROM, parameters).one_or_none() is not None
 

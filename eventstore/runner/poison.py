@@ -23,6 +23,7 @@ from eventstore.database import is_connection_error
 from eventstore.projection import Projection
 from eventstore.runner import checkpoints
 from eventstore.runner.checkpoints import Cursor, StaleCheckpoint, cursor_of
+from eventstore.runner.ownership import LeaseLost
 from eventstore.types import RecordedEvent
 
 __all__ = ["HandlerFailed", "apply_policy", "describe", "guarded"]
@@ -62,12 +63,16 @@ def apply_policy(
     cursor: Cursor,
     error: BaseException,
     attempts: int,
+    *,
+    token: int,
 ) -> str:
     """Record the poison ``event`` and apply ``projection.on_error``, in one transaction on ``connection``.
 
     Returns ``"skipped"`` (the checkpoint moved past the event) or
     ``"failed"`` (the projection is stopped at it). Raises
-    :class:`StaleCheckpoint` when the checkpoint is no longer at ``cursor``.
+    :class:`StaleCheckpoint` when the checkpoint is no longer at ``cursor``,
+    :class:`~eventstore.runner.ownership.LeaseLost` when the lease's fencing
+    token is no longer ``token``.
     """
     name = projection.name
     description = describe(error)
@@ -75,7 +80,9 @@ def apply_policy(
     skip = projection.on_error == "skip"
     with connection.begin():
         current = checkpoints.lock(connection, name)
-        if current is None or current.cursor != cursor:
+        if current is None or current.lease_token != token:
+            raise LeaseLost(name)
+        if current.cursor != cursor:
             raise StaleCheckpoint
         checkpoints.record_failure(
             connection,

@@ -1,4 +1,4 @@
-"""The :class:`ProjectionRunner`: one listener, one worker thread per projection, signals, shutdown.
+"""The :class:`ProjectionRunner`: one listener, a lease keeper, a few workers for any number of projections.
 
 ``ProjectionRunner(store, projections).run()`` blocks until :meth:`stop` or
 SIGTERM/SIGINT. On the first signal every worker finishes its current batch,
@@ -8,9 +8,15 @@ once with :class:`KeyboardInterrupt`. Signal handlers are installed only when
 :meth:`run` is called in the main thread, and restored when it returns.
 
 Any number of runners may run the same projections, in any processes on any
-hosts: for each projection exactly one applies at a time, the others stand by
-(see :mod:`eventstore.runner.ownership` for how, and
+hosts, directly or through a connection pooler: for each projection exactly
+one applies at a time, the one holding its lease; the others stand by (see
+:mod:`eventstore.runner.ownership` for how, and
 :mod:`eventstore.runner.session` for the delivery guarantees).
+
+A runner's connections do not grow with its projections (the connection
+budget, ``connections``, 6 by default): one LISTEN connection, and a pool of
+``connections - 1`` shared by the lease keeper and ``connections - 2`` worker
+threads that take turns on the projections due (:mod:`eventstore.runner.worker`).
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eventstore.database import libpq_url, url_of
-from eventstore.errors import ConfigurationError, ProjectionError, ProjectionTimeout
+from eventstore import instruments
+from eventstore.database import is_connection_error, libpq_url, url_of
+from eventstore.errors import ConfigurationError, ProjectionError, ProjectionTimeout, first_line
 from eventstore.projection import Projection
+from eventstore.runner import checkpoints, ownership
 from eventstore.runner.checkpoints import Cursor
 from eventstore.runner.connections import session_engine
 from eventstore.runner.listener import Listener
@@ -37,13 +46,23 @@ from eventstore.runner.session import ProjectionSession
 from eventstore.runner.settings import RunnerSettings
 from eventstore.runner.stalls import StallWatch
 from eventstore.runner.waiting import wait_until_processed
-from eventstore.runner.worker import Worker
+from eventstore.runner.worker import Schedule, Worker
 from eventstore.store import NOTIFY_CHANNEL, EventStore
 from eventstore.types import RecordedEvent
 
 __all__ = ["ProjectionRunner"]
 
 logger = logging.getLogger(__name__)
+
+# How many more connections the server accepts now (checked against the budget at start).
+_ROOM = sa.text(
+    """
+    SELECT m.max_connections, u.used, m.max_connections - r.reserved - u.used AS free
+    FROM (SELECT current_setting('max_connections')::int AS max_connections) AS m,
+         (SELECT current_setting('superuser_reserved_connections')::int AS reserved) AS r,
+         (SELECT count(*)::int AS used FROM pg_stat_activity WHERE backend_type = 'client backend') AS u
+    """
+)
 
 
 class ProjectionRunner:
@@ -108,8 +127,23 @@ class ProjectionRunner:
         self.failed: list[str] = []
         """Projections the last :meth:`run_until_caught_up` left stopped on a poison event."""
         self._progress = threading.Condition()
+        self._lock = threading.Lock()
+        self._sessions: dict[str, ProjectionSession] = {}
+        self._standing_by: set[str] = set()
+        self._schedule = Schedule()
         self._workers: list[Worker] = []
-        self.listener: Listener | None = None
+        self._held_back_lock = threading.Lock()
+        self._held_back_at = -1e9
+        self._held_back_value = False
+        self.listener: Listener = Listener(
+            libpq_url(url_of(listen_url) if listen_url else store.engine),
+            NOTIFY_CHANNEL,
+            self._on_wake,
+            liveness_interval=self.settings.liveness_interval,
+            reconnect_initial_delay=self.settings.reconnect_initial_delay,
+            reconnect_max_delay=self.settings.reconnect_max_delay,
+        )
+        """The LISTEN side (its ``listening`` event is set while notifications can arrive)."""
 
     def __repr__(self) -> str:
         return f"ProjectionRunner({[projection.name for projection in self.projections]!r})"
@@ -124,39 +158,36 @@ class ProjectionRunner:
         if self._ran:
             raise ProjectionError("this ProjectionRunner has already run; create a new one to run again")
         self._ran = True
-        engine = session_engine(self.store.engine, application_name="eventstore-runner")
-        listener = Listener(
-            libpq_url(url_of(self.listen_url) if self.listen_url else self.store.engine),
-            NOTIFY_CHANNEL,
-            self._on_wake,
-            liveness_interval=self.settings.liveness_interval,
-            reconnect_initial_delay=self.settings.reconnect_initial_delay,
-            reconnect_max_delay=self.settings.reconnect_max_delay,
-        )
-        self.listener = listener
-        stalls = StallWatch(self.store, warn_after=self.settings.stall_warning_after)
+        settings = self.settings
+        # The connection budget: the LISTEN connection, plus a pool shared by the
+        # lease keeper and the workers, whose reads go through it too.
+        engine = session_engine(self.store.engine, application_name="eventstore-runner",
+                                pool_size=settings.connections - 1)  # fmt: skip
+        store = EventStore(engine, read_batch_size=self.store.read_batch_size)
+        listener = self.listener
+        self._engine, self._store = engine, store
+        self._stalls = StallWatch(store, warn_after=settings.stall_warning_after)
         self._workers = [
             Worker(
-                self.store,
-                projection,
-                engine=engine,
-                settings=self.settings,
+                number,
+                self._schedule,
+                self._session,
+                settings=settings,
                 stop=self._stop,
-                owner=self.owner,
-                on_batch=self.on_batch,
-                on_commit=self._on_commit,
-                stalls=stalls,
+                held_back=self._held_back,
+                on_lost=self._lost,
             )
-            for projection in self.projections
+            for number in range(1, min(settings.connections - 2, len(self.projections)) + 1)
         ]
-        listener_thread = threading.Thread(
-            target=listener.run, args=(self._stop,), name="eventstore-listener", daemon=True
-        )
+        threads = [
+            threading.Thread(target=listener.run, args=(self._stop,), name="eventstore-listener", daemon=True),
+            threading.Thread(target=self._keep_leases, name="eventstore-leases", daemon=True),
+        ]
         with self._signal_handlers():
-            logger.info("runner starting", extra={"owner": self.owner, "projections": self._names()})
-            listener_thread.start()
-            for worker in self._workers:
-                worker.thread.start()
+            logger.info("runner starting", extra={"owner": self.owner, "projections": self._names(),
+                                                  "connections": settings.connections})  # fmt: skip
+            for thread in [*threads, *(worker.thread for worker in self._workers)]:
+                thread.start()
             self._running.set()
             try:
                 while not self._stop.wait(1.0):
@@ -164,9 +195,10 @@ class ProjectionRunner:
                 if self._signalled:
                     logger.info("runner: signal received; finishing current batches",
                                 extra={"owner": self.owner})  # fmt: skip
-                self._shutdown(listener_thread)
+                self._shutdown(threads)
             finally:
                 self._running.clear()
+                store.close()
                 engine.dispose()
                 self._done.set()
         logger.info("runner stopped", extra={"owner": self.owner, "projections": self._names()})
@@ -174,8 +206,7 @@ class ProjectionRunner:
     def stop(self) -> None:
         """Ask :meth:`run` to finish the current batches and return; safe from any thread."""
         self._stop.set()
-        for worker in self._workers:
-            worker.notify()
+        self._schedule.close()
 
     @property
     def running(self) -> bool:
@@ -183,20 +214,143 @@ class ProjectionRunner:
         return self._running.is_set()
 
     def active_projections(self) -> list[str]:
-        """Names of the projections whose lock this runner holds now (the others stand by)."""
-        return [worker.projection.name for worker in self._workers if worker.active.is_set()]
+        """Names of the projections this runner holds the lease of and has set up (the others stand by)."""
+        with self._lock:
+            return [p.name for p in self.projections if p.name in self._sessions and self._sessions[p.name].ready]
 
-    def _shutdown(self, listener_thread: threading.Thread) -> None:
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
         deadline = time.monotonic() + self.shutdown_timeout
-        for worker in self._workers:
-            worker.notify()
+        self._schedule.close()
         for worker in self._workers:
             worker.thread.join(max(0.0, deadline - time.monotonic()))
             if worker.thread.is_alive():
-                logger.error("projection %s: worker did not finish within %.1f s; abandoning it",
-                             worker.projection.name, self.shutdown_timeout,
-                             extra={"projection_name": worker.projection.name})  # fmt: skip
-        listener_thread.join(max(0.0, deadline - time.monotonic()))
+                logger.error("%s did not finish its batch within %.1f s; abandoning it", worker.thread.name,
+                             self.shutdown_timeout)  # fmt: skip
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            instruments.current().projection_active(session.name, False)
+            session.release()
+
+    # -- leases -----------------------------------------------------------------
+
+    def _keep_leases(self) -> None:
+        """Thread body: renew the leases held, and take the free ones, on one pooled connection at a time.
+
+        A standby's retry is one query for all its projections, on a pooled
+        connection: no new connection per retry.
+        """
+        settings = self.settings
+        renew_every = settings.lease_ttl / 3
+        next_renew = next_take = 0.0
+        renewed_at = time.monotonic()
+        delay = settings.reconnect_initial_delay
+        started = False
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                if not started:
+                    self._start_leases()
+                    started = True
+                if now >= next_renew:
+                    with self._lock:
+                        held = [session.lease for session in self._sessions.values()]
+                    with self._engine.begin() as connection:
+                        lost = ownership.renew(connection, held, ttl=settings.lease_ttl)
+                    renewed_at, next_renew = now, now + renew_every
+                    for lease in lost:
+                        self._lost(lease.name)
+                if now >= next_take:
+                    self._take_free_leases()
+                    next_take = now + settings.lock_retry_interval
+                delay = settings.reconnect_initial_delay
+            except Exception as error:
+                if is_connection_error(error):
+                    logger.warning("runner: database connection lost (%s); retrying in %.1f s", first_line(error),
+                                   delay, extra={"owner": self.owner, "retry_in": delay})  # fmt: skip
+                else:
+                    logger.exception("runner: lease keeping failed; retrying in %.1f s", delay,
+                                     extra={"owner": self.owner, "retry_in": delay})  # fmt: skip
+                if time.monotonic() - renewed_at > settings.lease_ttl:
+                    for name in self._names():
+                        self._lost(name)  # expired by now: whoever takes over next has a new token
+                self._stop.wait(delay)
+                delay = min(delay * 2, settings.reconnect_max_delay)
+                continue
+            self._stop.wait(max(0.0, min(next_renew, next_take) - time.monotonic()))
+
+    def _start_leases(self) -> None:
+        with self._engine.begin() as connection:
+            for projection in self.projections:
+                checkpoints.ensure(connection, projection.name)
+            room = connection.execute(_ROOM).one()
+        if room.free < self.settings.connections:
+            logger.warning(
+                "runner: the server has room for %d more connection(s) (max_connections=%d, %d in use) but this "
+                "runner's budget is %d; raise max_connections or lower connections=",
+                room.free, room.max_connections, room.used, self.settings.connections,
+                extra={"owner": self.owner},
+            )  # fmt: skip
+
+    def _take_free_leases(self) -> None:
+        with self._lock:
+            free = [name for name in self._names() if name not in self._sessions]
+        if not free:
+            return
+        with self._engine.begin() as connection:
+            taken = ownership.acquire(connection, free, self.owner, ttl=self.settings.lease_ttl)
+        by_name = {projection.name: projection for projection in self.projections}
+        for lease in taken:
+            session = ProjectionSession(
+                self._store,
+                by_name[lease.name],
+                self._engine,
+                lease,
+                settings=self.settings,
+                stop=self._stop,
+                on_batch=self.on_batch,
+                on_commit=self._on_commit,
+            )
+            with self._lock:
+                self._sessions[lease.name] = session
+            self._standing_by.discard(lease.name)
+            instruments.current().projection_active(lease.name, True)
+        self._schedule.wake(lease.name for lease in taken)
+        for name in set(free) - {lease.name for lease in taken} - self._standing_by:
+            self._standing_by.add(name)
+            logger.info("projection %s: leased by another runner; standing by", name,
+                        extra={"projection_name": name})  # fmt: skip
+
+    def _session(self, name: str) -> ProjectionSession | None:
+        with self._lock:
+            return self._sessions.get(name)
+
+    def _lost(self, name: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(name, None)
+        if session is None:
+            return
+        self._schedule.forget(name)
+        instruments.current().projection_active(name, False)
+        logger.warning("projection %s: lease lost (another owner took it over after it expired); standing by",
+                       name, extra={"projection_name": name, "owner": self.owner})  # fmt: skip
+
+    def _held_back(self) -> bool:
+        """Whether events wait behind the fence: one query shared by every worker for a short while."""
+        now = time.monotonic()
+        with self._held_back_lock:
+            if now - self._held_back_at < self.settings.held_back_interval / 2:
+                return self._held_back_value
+            try:
+                value = self._store.held_back()
+            except Exception:  # the worker's next turn reports a lost connection
+                return False
+            self._held_back_at, self._held_back_value = now, value
+        self._stalls.observe(value)
+        return value
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:
@@ -220,8 +374,9 @@ class ProjectionRunner:
         self.stop()
 
     def _on_wake(self, reason: str) -> None:
-        for worker in self._workers:
-            worker.notify()
+        with self._lock:
+            owned = list(self._sessions)
+        self._schedule.wake(owned)
 
     def _on_commit(self, name: str, cursor: Cursor) -> None:
         with self._progress:
@@ -250,22 +405,24 @@ class ProjectionRunner:
         if timer is not None:
             timer.daemon = True
             timer.start()
-        engine = session_engine(self.store.engine, application_name="eventstore-catch-up")
+        engine = session_engine(self.store.engine, application_name="eventstore-catch-up", pool_size=2)
+        store = EventStore(engine, read_batch_size=self.store.read_batch_size)
         self.failed = []
         total = 0
         try:
             for projection in self.projections:
-                total += self._catch_up_one(engine, projection, stop)
+                total += self._catch_up_one(engine, store, projection, stop)
         finally:
             if timer is not None:
                 timer.cancel()
+            store.close()
             engine.dispose()
         return total
 
-    def _catch_up_one(self, engine: Engine, projection: Projection, stop: threading.Event) -> int:
+    def _catch_up_one(self, engine: Engine, store: EventStore, projection: Projection, stop: threading.Event) -> int:
         session = ProjectionSession.acquire_or_busy(
             engine,
-            self.store,
+            store,
             projection,
             settings=self.settings,
             stop=stop,

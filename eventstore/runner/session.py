@@ -1,4 +1,4 @@
-"""One projection's session: its lock, and the connection every batch of it commits on.
+"""One projection's session: its lease, and the batches committed under it.
 
 Guarantees
 ==========
@@ -8,11 +8,12 @@ Guarantees
   :mod:`eventstore.store`), in a connection that holds no transaction id. The
   handlers' writes and the checkpoint move commit in one transaction, and the
   checkpoint only moves forward (:func:`eventstore.runner.checkpoints.advance_from`).
-- **One active runner per projection**: the projection's session advisory
-  lock (:mod:`eventstore.runner.ownership`) is held on the *session
-  connection*, and every batch transaction runs **on that same connection**,
-  so the lock check is free and exact: if the session (and with it the lock)
-  is gone, the batch cannot commit; if the commit succeeds, the lock was held.
+- **One active runner per projection**: the projection's lease
+  (:mod:`eventstore.runner.ownership`). Every batch's first statement checks
+  the lease's fencing token while it locks the checkpoint row, and keeps the
+  lock until it commits: a batch commits only under a lease still held, and
+  nobody takes the lease over while it runs. Any connection will do, so
+  batches borrow one from the runner's small pool.
 - **Poison events** follow :mod:`eventstore.runner.poison`; other projections
   keep running either way.
 - **Observed**: each batch that applies events runs in a CONSUMER span
@@ -29,11 +30,10 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from eventstore import instruments, tracing
@@ -41,6 +41,7 @@ from eventstore.errors import ProjectionBusy, ProjectionError
 from eventstore.projection import Projection
 from eventstore.runner import checkpoints, ownership
 from eventstore.runner.checkpoints import Checkpoint, Cursor, StaleCheckpoint, cursor_of
+from eventstore.runner.ownership import Lease, LeaseLost
 from eventstore.runner.poison import HandlerFailed, apply_policy, describe, guarded
 from eventstore.runner.settings import RunnerSettings
 from eventstore.store import EventStore
@@ -52,8 +53,6 @@ logger = logging.getLogger(__name__)
 
 OnBatch = Callable[[str, list[RecordedEvent]], None]
 OnCommit = Callable[[str, Cursor], None]
-
-_PING = sa.text("SELECT 1")
 
 
 @dataclass(slots=True)
@@ -67,19 +66,22 @@ class CatchUpResult:
 
 
 class ProjectionSession:
-    """A held projection lock and the connection every batch of that projection commits on.
+    """A held projection lease, and the batches committed under it.
 
-    Create with :meth:`acquire`; always :meth:`release`.
+    Create with :meth:`acquire` (or let a runner make one for a lease it
+    took); always :meth:`release`. Holds no connection of its own: each
+    transaction borrows one from ``engine`` for its duration, so a runner's
+    connections do not grow with its projections.
     """
 
     def __init__(
         self,
         store: EventStore,
         projection: Projection,
-        connection: Connection,
+        engine: Engine,
+        lease: Lease,
         *,
         settings: RunnerSettings,
-        owner: str,
         stop: threading.Event,
         on_batch: OnBatch | None = None,
         on_commit: OnCommit | None = None,
@@ -87,15 +89,18 @@ class ProjectionSession:
         self.store = store
         self.projection = projection
         self.name = projection.name
-        self.connection = connection
+        self.engine = engine
+        self.lease = lease
+        self.owner = lease.owner
         self.settings = settings
-        self.owner = owner
         self.stop = stop
         self.on_batch = on_batch
         self.on_commit = on_commit
+        self.ready = False
+        """True once :meth:`set_up` ran under this lease."""
         self._filtered = bool(projection.categories or projection.event_types)
         # The checkpoint as this session last committed or read it. While the
-        # lock is held only an operator's skip/retry (of a failed projection)
+        # lease is held only an operator's skip/retry (of a failed projection)
         # moves it, and every batch re-checks it under the row lock (StaleCheckpoint),
         # so the hot path needs no extra read per wake-up.
         self._cursor: Cursor | None = None
@@ -114,44 +119,27 @@ class ProjectionSession:
         on_batch: OnBatch | None = None,
         on_commit: OnCommit | None = None,
     ) -> ProjectionSession | None:
-        """Take the projection's lock and set it up; None when another session holds the lock.
+        """Take the projection's lease and set it up; None when another owner holds the lease.
 
-        Runs ``projection.setup()`` and creates the checkpoint row. Raises the
+        Creates the checkpoint row and runs ``projection.setup()``. Raises the
         driver's errors when the database cannot be reached.
         """
-        connection = engine.connect()
+        owner = owner or ownership.owner_id()
+        with engine.begin() as connection:
+            checkpoints.ensure(connection, projection.name)
+        with engine.begin() as connection:
+            leases = ownership.acquire(connection, [projection.name], owner, ttl=settings.lease_ttl, state=state)
+        if not leases:
+            return None
+        session = cls(
+            store, projection, engine, leases[0], settings=settings, stop=stop, on_batch=on_batch, on_commit=on_commit
+        )
         try:
-            with connection.begin():
-                held = ownership.try_take(connection, projection.name)
-            if not held:
-                connection.close()
-                return None
-            owner = owner or ownership.owner_id()
-            with connection.begin():
-                ownership.take_setup_lock(connection)
-                projection.setup(connection)
-                checkpoints.ensure(connection, projection.name)
-                current = checkpoints.lock(connection, projection.name)
-                failed = current is not None and current.failed
-                checkpoints.set_state(connection, projection.name, "failed" if failed else state, owner=owner)
+            session.set_up()
         except BaseException:
-            connection.close()
+            session.release()
             raise
-        logger.info(
-            "projection %s: lock acquired",
-            projection.name,
-            extra={"projection_name": projection.name, "owner": owner, "state": state},
-        )
-        return cls(
-            store,
-            projection,
-            connection,
-            settings=settings,
-            owner=owner,
-            stop=stop,
-            on_batch=on_batch,
-            on_commit=on_commit,
-        )
+        return session
 
     @classmethod
     def acquire_or_busy(
@@ -160,57 +148,73 @@ class ProjectionSession:
         """Like :meth:`acquire`, for one-off work (catch up, rebuild, reset) that must not wait.
 
         Raises:
-            ProjectionBusy: another session holds the projection (names its owner).
+            ProjectionBusy: another owner holds the projection's lease (names it).
         """
         session = cls.acquire(engine, store, projection, **options)
         if session is None:
-            with store.engine.connect() as connection:
+            with engine.connect() as connection:
                 current = checkpoints.load(connection, projection.name)
             raise ProjectionBusy(projection.name, current.owner if current else None)
         return session
 
-    def release(self) -> None:
-        """Record the stopped state, unlock and close; never raises (a dead connection released already)."""
-        try:
-            if not (self.connection.invalidated or self.connection.closed):
-                with self.connection.begin():
-                    current = checkpoints.lock(self.connection, self.name)
-                    if current is not None and current.state != "failed":
-                        checkpoints.set_state(self.connection, self.name, "stopped", owner=None)
-                with self.connection.begin():
-                    ownership.release(self.connection, self.name)
-        except Exception as error:  # the lock dies with the connection anyway
-            logger.debug("projection %s: release failed: %s", self.name, error, extra={"projection_name": self.name})
-        finally:
-            self.connection.close()
-        logger.info("projection %s: lock released", self.name, extra={"projection_name": self.name})
+    def set_up(self) -> None:
+        """Run ``projection.setup()`` under the lease (serialised with other projections' setup)."""
+        with self.transaction() as connection:
+            ownership.take_setup_lock(connection)
+            self.projection.setup(connection)
+        self.ready = True
+        logger.info(
+            "projection %s: lease acquired",
+            self.name,
+            extra={"projection_name": self.name, "owner": self.owner, "lease_token": self.lease.token},
+        )
 
-    def ping(self) -> None:
-        """Check the session connection (and so the lock) is alive; raises the driver error if not."""
-        with self.connection.begin():
-            self.connection.execute(_PING)
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A transaction that holds the checkpoint row and this lease (raises :class:`LeaseLost` if it is gone)."""
+        with self.engine.connect() as connection, connection.begin():
+            current = checkpoints.lock(connection, self.name)
+            if current is None or current.lease_token != self.lease.token:
+                raise LeaseLost(self.name)
+            yield connection
+
+    def release(self) -> None:
+        """Free the lease now (state ``stopped`` unless failed); never raises (an unreleased lease expires)."""
+        try:
+            with self.engine.begin() as connection:
+                ownership.release(connection, self.lease)
+        except Exception as error:
+            logger.debug("projection %s: release failed: %s", self.name, error, extra={"projection_name": self.name})
+        logger.info("projection %s: lease released", self.name, extra={"projection_name": self.name})
 
     def load(self) -> Checkpoint:
-        """The stored checkpoint (read without taking a transaction id)."""
-        with self.connection.begin():
-            current = checkpoints.load(self.connection, self.name)
+        """The stored checkpoint (read without taking a transaction id); raises :class:`LeaseLost` if taken over."""
+        with self.engine.connect() as connection:
+            current = checkpoints.load(connection, self.name)
         if current is None:
             raise ProjectionError(f"projection {self.name!r}: its checkpoint row disappeared; restart the runner")
+        if current.lease_token != self.lease.token:
+            raise LeaseLost(self.name)
         return current
 
     # -- catching up ----------------------------------------------------------
 
-    def catch_up(self, *, progress: Callable[[int], None] | None = None) -> CatchUpResult:
+    def catch_up(
+        self, *, progress: Callable[[int], None] | None = None, max_batches: int | None = None
+    ) -> CatchUpResult:
         """Apply every readable event after the checkpoint, batch by batch, until a short read.
 
-        Returns early (``caught_up=False``) when :attr:`stop` is set; the
-        current batch is finished and committed first. Returns with
-        ``failed=True`` when the projection is (or becomes) failed.
+        Returns early (``caught_up=False``) when :attr:`stop` is set (the
+        current batch is finished and committed first) or after
+        ``max_batches`` full batches (a runner's turn, so that one long
+        catch-up does not starve its other projections). Returns with
+        ``failed=True`` when the projection is (or becomes) failed. Raises
+        :class:`LeaseLost` when another owner took the lease over.
         """
         result = CatchUpResult()
         while not self.stop.is_set():
             try:
-                self._catch_up_from_checkpoint(result, progress)
+                self._catch_up_from_checkpoint(result, progress, max_batches)
                 return result
             except StaleCheckpoint:
                 self._cursor = None
@@ -221,7 +225,9 @@ class ProjectionSession:
                 )
         return result
 
-    def _catch_up_from_checkpoint(self, result: CatchUpResult, progress: Callable[[int], None] | None) -> None:
+    def _catch_up_from_checkpoint(
+        self, result: CatchUpResult, progress: Callable[[int], None] | None, max_batches: int | None
+    ) -> None:
         cursor = self._cursor
         if cursor is None:
             current = self.load()
@@ -233,6 +239,7 @@ class ProjectionSession:
         # was seen, so the checkpoint may jump there (see _advance_to_head).
         head = self._head_cursor() if self._filtered else None
         batch_size = self.settings.batch_size
+        batches = 0
         while True:
             events = list(
                 self.store.read_after_cursor(
@@ -257,7 +264,8 @@ class ProjectionSession:
                     self._commit([], cursor, head)
                 result.caught_up = True
                 return
-            if self.stop.is_set():
+            batches += 1
+            if self.stop.is_set() or (max_batches is not None and batches >= max_batches):
                 return
 
     def _head_cursor(self) -> Cursor | None:
@@ -321,7 +329,8 @@ class ProjectionSession:
                 return "applied"
             except HandlerFailed as failure:
                 error = failure.error
-        outcome = apply_policy(self.connection, self.projection, event, cursor, error, attempts)
+        with self.engine.connect() as connection:
+            outcome = apply_policy(connection, self.projection, event, cursor, error, attempts, token=self.lease.token)
         instruments.current().poison_event(self.name, event, outcome)
         if outcome == "skipped":
             self._cursor = cursor_of(event)
@@ -333,12 +342,17 @@ class ProjectionSession:
 
     def _commit(self, events: list[RecordedEvent], cursor: Cursor, new_cursor: Cursor) -> Cursor:
         """Apply ``events`` and move the checkpoint from ``cursor`` to ``new_cursor``, in one transaction."""
-        connection = self.connection
         started = time.perf_counter()
-        with self._span(events), connection.begin():
+        with self.engine.connect() as connection, self._span(events), connection.begin():
             # First the checkpoint row: its lock serialises this batch with operators'
-            # skip/replay (see checkpoints), and the move commits only with the handlers' writes.
-            if not checkpoints.advance_from(connection, self.name, cursor, new_cursor):
+            # skip/replay and with a takeover of the lease (see checkpoints and ownership),
+            # and the move commits only with the handlers' writes, under a lease still held.
+            if not checkpoints.advance_from(
+                connection, self.name, cursor, new_cursor, token=self.lease.token, ttl=self.settings.lease_ttl
+            ):
+                current = checkpoints.load(connection, self.name)
+                if current is None or current.lease_token != self.lease.token:
+                    raise LeaseLost(self.name)
                 raise StaleCheckpoint
             self._apply_in(connection, events)
         self._cursor = new_cursor

@@ -19,7 +19,13 @@ class RunnerSettings:
     held_back_interval: float = 0.2
     """Re-check period while events wait behind an open transaction (it may send no wake-up)."""
     lock_retry_interval: float = 1.0
-    """How often a standby tries to take the projection lock."""
+    """How often a standby tries to take the projections it does not own (one query for all of them)."""
+    lease_ttl: float = 3.0
+    """How long a projection's lease lasts unless renewed (every third of it); a killed runner's
+    projections are taken over at most ``lease_ttl + lock_retry_interval`` later."""
+    connections: int = 6
+    """The connection budget: the most PostgreSQL connections one runner holds, its LISTEN connection
+    included, however many projections it runs (it runs ``connections - 2`` batches at a time)."""
     retry_attempts: int = 3
     """Handler attempts on a poison event, the first included, before the on_error policy applies."""
     retry_delay: float = 0.1
@@ -35,6 +41,10 @@ class RunnerSettings:
             raise ConfigurationError(f"batch_size={self.batch_size}; it must be at least 1")
         if self.retry_attempts < 1:
             raise ConfigurationError(f"retry_attempts={self.retry_attempts}; it must be at least 1")
-        for field in ("poll_interval", "held_back_interval", "lock_retry_interval", "reconnect_max_delay"):
+        if self.connections < 3:
+            raise ConfigurationError(
+                f"connections={self.connections}; a runner needs at least 3 (LISTEN, leases, one batch at a time)"
+            )
+        for field in ("poll_interval", "held_back_interval", "lock_retry_interval", "reconnect_max_delay", "lease_ttl"):
             if getattr(self, field) <= 0:
                 raise ConfigurationError(f"{field}={getattr(self, field)}; it must be a positive number of seconds")

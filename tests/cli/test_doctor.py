@@ -174,7 +174,7 @@ def test_an_owner_that_died_holding_a_projection_is_a_warning(doctor: Invoke, en
     assert result.exit_code == 1, result.output
     [line] = _lines(result, "WARNING")
     assert "ownership: projection 'orphaned' is marked running by gone-host:4242" in line
-    assert "no session holds its lock" in line
+    assert "its lease expired" in line
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ Invoke = Callable[..., Result]
 def test_migrate_is_idempotent_and_sql_prints_the_schema(cli: Invoke) -> None:
     result = cli("migrate")
     assert result.exit_code == 0, result.output
-    assert "schema is at revision 0003_wake_up_hint_only" in result.stdout
+    assert "schema is at revision 0004_projection_leases" in result.stdout
 
     sql = cli("migrate", "--sql")
     assert sql.exit_code == 0, sql.output

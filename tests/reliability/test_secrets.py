@@ -139,6 +139,6 @@ def test_runner_logs_never_show_the_password(database_url: str, caplog: pytest.L
             runner.stop()
             thread.join(30)
     store.engine.dispose()
-    assert "lock acquired" in caplog.text  # the runner did log
+    assert "lease acquired" in caplog.text  # the runner did log
     assert SECRET not in caplog.text
     assert SECRET not in repr(runner)

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from eventstore import EventStore, ProjectionRunner, admin
 from eventstore.runner.checkpoints import load
+from eventstore.runner.ownership import take_setup_lock
 from projections import Ledger
 from tests.runner.runner_helpers import FAST, append_many, wait_for
 
@@ -53,7 +54,9 @@ def processes(database_url: str, tmp_path: Path) -> Iterator[Processes]:
 
 def _ledger(engine: Engine, name: str = "ledger") -> list[tuple[int, str]]:
     with engine.begin() as connection:
-        Ledger(name).setup(connection)  # the table may not exist before a runner has started
+        # The table may not exist before a runner has started; the setup lock keeps its setup() and ours apart.
+        take_setup_lock(connection)
+        Ledger(name).setup(connection)
         rows = connection.execute(
             sa.text(
                 "SELECT global_position, applied_by FROM projection_ledger WHERE projection_name = :name "
