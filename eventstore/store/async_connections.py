@@ -1,4 +1,4 @@
-"""The asyncio store's connections: a small free list of autocommit psycopg ``AsyncConnection``.
+"""The asyncio store's connections: a small free list of autocommit psycopg ``AsyncConnection``, and their wake-ups.
 
 Like the sync store's append connections (:mod:`eventstore.store.appender`)
 and for the same reasons: autocommit makes one statement one transaction (one
@@ -6,12 +6,24 @@ round trip, and a reader never holds a transaction id, see the gap rule in
 :mod:`eventstore.store`), and a connection is the store's own between two
 calls, so no pool has to reset it. psycopg_pool is not needed for that.
 
+The wake-up after an append's commit is sent the way the sync store sends
+it: :meth:`AsyncConnections.send_wake_up` hands the query to libpq
+(``PQsendQuery`` and a flush) once the commit has returned, and does not
+wait for its answer, so the append costs its writer one round trip, not two.
+The connection goes back to the free list with the wake-up in flight; the
+answer is read when the connection is next taken (or the connection is
+closed, which the server sees only after it has run the query it already
+received). A wake-up the server refuses is logged there, never raised: the
+append it followed committed long before. A connection whose wake-up cannot
+be read back is closed and the next call opens another.
+
 Bounds: each call in flight uses one connection; at most ``max_idle`` stay
 open between calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -22,10 +34,18 @@ import sqlalchemy as sa
 from psycopg import pq
 
 from eventstore.database import libpq_url, translate_driver_errors
+from eventstore.store.sql import WAKE_UP
 
 __all__ = ["AsyncConnections"]
 
 logger = logging.getLogger(__name__)
+
+# Sent as a plain (unprepared) query, as by the sync store: a prepared
+# statement is session state a transaction-mode pooler does not keep.
+_WAKE_UP = WAKE_UP.encode()
+
+_CANCEL_TIMEOUT = 5.0
+"""Seconds to wait for the server to accept the cancellation of a statement a cancelled task left running."""
 
 
 class AsyncConnections:
@@ -33,7 +53,9 @@ class AsyncConnections:
 
     Each call takes a connection of its own, so concurrent tasks never share
     one. A connection that broke, or that a cancelled task left in the middle
-    of a statement or a transaction, is closed instead of kept.
+    of a statement or a transaction, is closed instead of kept (a statement
+    still running on the server is cancelled first, so that it cannot commit
+    after its caller gave up).
     """
 
     def __init__(self, url: sa.URL, *, max_idle: int = 4) -> None:
@@ -41,6 +63,8 @@ class AsyncConnections:
         self._conninfo = libpq_url(url)
         self._max_idle = max_idle
         self._idle: list[psycopg.AsyncConnection[Any]] = []
+        # Connections with a wake-up sent and its answer not read yet.
+        self._waking: set[psycopg.AsyncConnection[Any]] = set()
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -52,25 +76,95 @@ class AsyncConnections:
             finally:
                 await self._give_back(connection)
 
+    async def send_wake_up(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        """Send the wake-up (:data:`~eventstore.store.sql.WAKE_UP`) on ``connection``, idle after a commit.
+
+        Returns once libpq has written the query to the socket (at once, in
+        practice: the server has just read everything before it), without
+        waiting for the answer, which :meth:`connection` reads before it hands
+        the connection out again. A failure to send is logged, never raised.
+        """
+        pgconn = connection.pgconn
+        try:
+            pgconn.send_query(_WAKE_UP)
+            self._waking.add(connection)
+            while pgconn.flush():  # 1: part of it is still in libpq's buffer
+                await _ready(pgconn.socket, write=True)
+        except (psycopg.Error, OSError) as error:
+            logger.warning("wake-up not sent (%s); workers find the events on their timer", error)
+
     async def close(self) -> None:
-        """Close the idle connections (one in use closes when given back over the limit, or later)."""
+        """Close the idle connections (one in use closes when given back over the limit, or later).
+
+        A wake-up still in flight on one of them is not lost: the server has
+        its query and runs it before it reads the close.
+        """
         idle, self._idle[:] = list(self._idle), []
         for connection in idle:
+            self._waking.discard(connection)
             await connection.close()
 
     async def _take(self) -> psycopg.AsyncConnection[Any]:
         while self._idle:
-            connection = self._idle.pop()
-            if _usable(connection):
+            connection = self._idle.pop(self._answered())
+            try:
+                usable = await self._collect_wake_up(connection)
+            except BaseException:  # cancelled while reading the wake-up's answer: state unknown
+                await connection.close()
+                raise
+            if usable:
                 return connection
             await connection.close()
         return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
 
     async def _give_back(self, connection: psycopg.AsyncConnection[Any]) -> None:
-        if len(self._idle) < self._max_idle and _usable(connection):
+        waking = connection in self._waking
+        if not (_usable(connection) or (waking and connection.pgconn.status == pq.ConnStatus.OK)):
+            self._waking.discard(connection)
+            await _discard(connection)
+        elif len(self._idle) < self._max_idle:
             self._idle.append(connection)
         else:
-            await connection.close()
+            self._waking.discard(connection)
+            await connection.close()  # the server runs a wake-up it received before the close
+
+    def _answered(self) -> int:
+        """The index of the idle connection to take: the newest with no wake-up answer still to wait for."""
+        for index in range(len(self._idle) - 1, -1, -1):
+            connection = self._idle[index]
+            if connection not in self._waking:
+                return index
+            with contextlib.suppress(psycopg.Error, OSError):
+                connection.pgconn.consume_input()  # without waiting: what has arrived
+                if not connection.pgconn.is_busy():
+                    return index
+        return len(self._idle) - 1  # all still waiting (or broken): the newest, whose answer _take awaits
+
+    async def _collect_wake_up(self, connection: psycopg.AsyncConnection[Any]) -> bool:
+        """Read the answer of the wake-up in flight on ``connection`` (if any); False if it is not usable."""
+        if connection.closed:
+            self._waking.discard(connection)
+            return False
+        pgconn = connection.pgconn
+        try:
+            if connection in self._waking:
+                self._waking.discard(connection)
+                while pgconn.flush():
+                    await _ready(pgconn.socket, write=True)
+                pgconn.consume_input()
+                while pgconn.is_busy():
+                    await _ready(pgconn.socket, write=False)
+                    pgconn.consume_input()
+                while (result := pgconn.get_result()) is not None:
+                    if result.status != pq.ExecStatus.TUPLES_OK:
+                        logger.warning(
+                            "a wake-up failed (%s); workers find the events on their timer",
+                            _message(result.error_message),
+                        )
+        except (psycopg.Error, OSError) as error:
+            logger.warning("a wake-up's answer was lost (%s); workers find the events on their timer", error)
+            return False
+        return _usable(connection)
 
 
 def _usable(connection: psycopg.AsyncConnection[Any]) -> bool:
@@ -85,3 +179,40 @@ def _usable(connection: psycopg.AsyncConnection[Any]) -> bool:
     except (psycopg.Error, OSError):
         return False
     return pgconn.status == pq.ConnStatus.OK and pgconn.transaction_status == pq.TransactionStatus.IDLE
+
+
+async def _discard(connection: psycopg.AsyncConnection[Any]) -> None:
+    """Close a connection that is not usable; cancel first a statement still running on the server.
+
+    psycopg (3.3) already cancels the statement of a cancelled task and waits
+    for it to end; this covers a driver that does not. Without it a statement
+    waiting for a lock would go on and commit once the lock is released, after
+    its caller had been told it was cancelled.
+    """
+    if not connection.closed and connection.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+        try:
+            await connection.cancel_safe(timeout=_CANCEL_TIMEOUT)
+        except (psycopg.Error, OSError) as error:
+            logger.warning("could not cancel the statement of a cancelled call (%s)", error)
+    await connection.close()
+
+
+async def _ready(fileno: int, *, write: bool) -> None:
+    """Wait until the socket ``fileno`` is writable (``write``) or readable."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    add(fileno, wake)
+    try:
+        await ready
+    finally:
+        remove(fileno)
+
+
+def _message(raw: bytes) -> str:
+    return raw.decode(errors="replace").strip() or "connection failed"

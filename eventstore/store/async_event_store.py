@@ -13,10 +13,8 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import psycopg
-
 from eventstore.database import describe_target, is_connection_error, url_of
-from eventstore.store import progress, protocol, sql
+from eventstore.store import progress, protocol
 from eventstore.store.async_connections import AsyncConnections
 from eventstore.store.poolers import PreparedStatements
 from eventstore.store.subscription import Subscription
@@ -57,9 +55,12 @@ class AsyncEventStore:
       :class:`~eventstore.errors.SchemaNotReady`, a role without the right
       :class:`~eventstore.errors.PermissionDenied`.
 
-    Each append wakes the projection workers after its commit (the wake-up
-    statement, awaited on the same connection; one that fails is logged and
-    never fails the append). ``notify=False`` sends none.
+    Each append wakes the projection workers after its commit: the wake-up
+    statement is sent on the same connection once the commit has returned,
+    and its answer is read when that connection is next used, so the append
+    waits for one round trip, as :class:`EventStore`'s does (see
+    :mod:`eventstore.store.async_connections`). A wake-up that fails is logged
+    and never fails the append. ``notify=False`` sends none.
 
     Connections: one per call in flight, at most 4 kept open between calls
     (:mod:`eventstore.store.async_connections`). Use a store from one event
@@ -128,17 +129,21 @@ class AsyncEventStore:
         *,
         expected_version: int | ExpectedVersion = ANY,
     ) -> AppendResult:
-        """Append ``events`` to the end of ``stream_id``, atomically, in one autocommit statement.
+        """Append ``events`` to the end of ``stream_id``, atomically; returns once the events are committed.
 
         ``expected_version`` is :data:`~eventstore.ANY`, :data:`~eventstore.NO_STREAM`,
         :data:`~eventstore.STREAM_EXISTS`, or the version of the stream's last
         event (0 = no stream). Idempotent by event id, as :meth:`EventStore.append`.
 
+        The append is one autocommit statement on one of the store's
+        connections, and the wake-up follows its commit.
+
         Raises:
             InvalidEvent: bad input (names the field); nothing was written.
             WrongExpectedVersion: the stream is at another version (``actual`` says which); nothing was written.
             DuplicateEventId: an event id is stored with other content; nothing was written.
-            DatabaseUnavailable: PostgreSQL cannot be reached.
+            DatabaseUnavailable: PostgreSQL cannot be reached (a lost connection is retried once
+                first: event ids make that safe).
             ConfigurationError: a pooler lost a prepared statement (``prepared_statements=True``
                 through a transaction-mode pooler); the message says what to change.
         """
@@ -170,7 +175,7 @@ class AsyncEventStore:
                         cursor = await connection.execute(statement, parameters, prepare=prepare)
                     rows = await cursor.fetchall()
             if rows and step.wake_up:
-                await _wake_up(connection)
+                await self._connections.send_wake_up(connection)
             return rows
 
     # -- read -----------------------------------------------------------------
@@ -330,14 +335,3 @@ class AsyncEventStore:
             if seconds is None:
                 return
             await asyncio.sleep(seconds)
-
-
-async def _wake_up(connection: psycopg.AsyncConnection[Any]) -> None:
-    """Wake the projection workers after a committed append; a failure is logged, never raised.
-
-    The append has committed: a wake-up is only a hint (workers re-read on a timer too).
-    """
-    try:
-        await connection.execute(sql.WAKE_UP)
-    except (psycopg.Error, OSError) as error:
-        logger.warning("wake-up not sent (%s); workers find the events on their timer", error)
