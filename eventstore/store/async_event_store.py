@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from eventstore.database import describe_target, is_connection_error, url_of
+from eventstore.database import describe_target, is_connection_error, translate_driver_error, url_of
 from eventstore.store import progress, protocol
 from eventstore.store.async_connections import AsyncConnections
 from eventstore.store.poolers import PreparedStatements
@@ -24,7 +24,7 @@ from eventstore.types import ANY, AppendResult, ExpectedVersion, NewEvent, Recor
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["AsyncEventStore"]
 
@@ -128,6 +128,7 @@ class AsyncEventStore:
         events: Sequence[NewEvent],
         *,
         expected_version: int | ExpectedVersion = ANY,
+        connection: AsyncConnection | None = None,
     ) -> AppendResult:
         """Append ``events`` to the end of ``stream_id``, atomically; returns once the events are committed.
 
@@ -135,15 +136,25 @@ class AsyncEventStore:
         :data:`~eventstore.STREAM_EXISTS`, or the version of the stream's last
         event (0 = no stream). Idempotent by event id, as :meth:`EventStore.append`.
 
-        The append is one autocommit statement on one of the store's
-        connections, and the wake-up follows its commit.
+        Without ``connection`` the append is one autocommit statement on one
+        of the store's connections, and the wake-up follows its commit.
+
+        With ``connection=`` (a SQLAlchemy ``AsyncConnection``, as
+        :meth:`EventStore.append` takes a ``Connection``) the events are
+        written inside the caller's transaction, in a savepoint, so a failed
+        append (a wrong version, a reused event id) leaves that transaction
+        usable; they, and the wake-up notification (sent by the ``events``
+        trigger when that transaction commits, unless ``notify=False``), exist
+        only if the caller commits. Nothing is retried there: a lost
+        connection raises :class:`~eventstore.errors.DatabaseUnavailable` and
+        the caller's transaction is gone.
 
         Raises:
             InvalidEvent: bad input (names the field); nothing was written.
             WrongExpectedVersion: the stream is at another version (``actual`` says which); nothing was written.
             DuplicateEventId: an event id is stored with other content; nothing was written.
-            DatabaseUnavailable: PostgreSQL cannot be reached (a lost connection is retried once
-                first: event ids make that safe).
+            DatabaseUnavailable: PostgreSQL cannot be reached (the store's own connection is retried
+                once first: event ids make that safe).
             ConfigurationError: a pooler lost a prepared statement (``prepared_statements=True``
                 through a transaction-mode pooler); the message says what to change.
         """
@@ -154,10 +165,11 @@ class AsyncEventStore:
             max_append_events=self.max_append_events,
             max_event_bytes=self.max_event_bytes,
             notify=self.notify,
-            own_transaction=True,
+            own_transaction=connection is None,
         )
         with observe_append(stream_id, events) as observation:
-            return observation.done(await protocol.drive_async(steps, self._execute))
+            execute = self._execute if connection is None else _in_transaction(connection)
+            return observation.done(await protocol.drive_async(steps, execute))
 
     async def _execute(self, step: protocol.Read | protocol.Write) -> list[Any]:
         """Run a step of :mod:`~eventstore.store.protocol` on one of the store's connections (errors translated)."""
@@ -335,3 +347,30 @@ class AsyncEventStore:
             if seconds is None:
                 return
             await asyncio.sleep(seconds)
+
+
+def _in_transaction(connection: AsyncConnection) -> Callable[[protocol.Read | protocol.Write], Awaitable[list[Any]]]:
+    """Run steps in the caller's transaction: writes in a savepoint, so a failure leaves it usable.
+
+    :meth:`EventStore.append`'s ``connection=`` path, awaited: a lost
+    connection, a missing table or a refused privilege is translated like
+    everywhere else (:class:`DatabaseUnavailable`, ...); constraint violations
+    pass untranslated, for the append to explain.
+    """
+    target = connection.sync_engine
+
+    async def execute(step: protocol.Read | protocol.Write) -> list[Any]:
+        try:
+            if isinstance(step, protocol.Read):
+                return list((await connection.exec_driver_sql(step.statement, step.parameters)).all())
+            async with connection.begin_nested():
+                for statement, parameters in step.statements:
+                    result = await connection.exec_driver_sql(statement, parameters)
+                return list(result.all())
+        except Exception as error:
+            translated = translate_driver_error(target, error)
+            if translated is None:
+                raise
+            raise translated from error
+
+    return execute
