@@ -12,7 +12,8 @@ transaction mode): ownership is a row, not session state.
   time to live, and every batch renews it too: the batch's first statement
   moves the checkpoint only ``WHERE lease_token = :token`` (see
   :func:`eventstore.runner.checkpoints.advance_from`) and so takes the row
-  lock, which it keeps until it commits. A runner that lost its lease (it
+  lock, which it keeps until it commits (a batch that ran for more than a
+  third of the time to live renews the lease again just before it commits). A runner that lost its lease (it
   stalled past the expiry and another took over) cannot commit: its token no
   longer matches (:class:`LeaseLost`). Nobody can take a lease over while its
   owner's batch is running, as taking it needs the same row.
@@ -44,6 +45,7 @@ __all__ = [
     "Lease",
     "LeaseLost",
     "acquire",
+    "extend",
     "lock_key",
     "lock_owners",
     "owner_id",
@@ -81,6 +83,10 @@ _RENEW = sa.text(
     SET lease_expires_at = clock_timestamp() + make_interval(secs => :ttl)
     FROM mine WHERE c.projection_name = mine.projection_name
     """
+)
+_EXTEND = sa.text(
+    "UPDATE projection_checkpoints SET lease_expires_at = clock_timestamp() + make_interval(secs => :ttl) "
+    "WHERE projection_name = :name AND lease_token = :token"
 )
 _TOKENS = sa.text(
     "SELECT projection_name, lease_token FROM projection_checkpoints "
@@ -157,6 +163,11 @@ def renew(conn: Connection, leases: Sequence[Lease], *, ttl: float) -> list[Leas
     conn.execute(_RENEW, {"names": names, "tokens": [lease.token for lease in leases], "ttl": ttl})
     tokens = {row.projection_name: int(row.lease_token) for row in conn.execute(_TOKENS, {"names": names})}
     return [lease for lease in leases if tokens.get(lease.name) != lease.token]
+
+
+def extend(conn: Connection, lease: Lease, *, ttl: float) -> None:
+    """Renew ``lease`` from now, in the caller's transaction (a long batch, just before it commits)."""
+    conn.execute(_EXTEND, {"name": lease.name, "token": lease.token, "ttl": ttl})
 
 
 def release(conn: Connection, lease: Lease) -> bool:

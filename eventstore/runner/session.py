@@ -355,6 +355,8 @@ class ProjectionSession:
                     raise LeaseLost(self.name)
                 raise StaleCheckpoint
             self._apply_in(connection, events)
+            if time.perf_counter() - started > self.settings.lease_ttl / 3:
+                ownership.extend(connection, self.lease, ttl=self.settings.lease_ttl)  # renewed at its start: again
         self._cursor = new_cursor
         if events:
             instruments.current().batch_committed(self.name, events, time.perf_counter() - started)
