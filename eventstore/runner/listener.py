@@ -1,4 +1,4 @@
-"""LISTEN for wake-ups on a dedicated autocommit psycopg connection.
+"""LISTEN for wake-ups on a dedicated autocommit psycopg connection, proven to work, else poll.
 
 A notification is only a wake-up: the events table is the truth, and workers
 read from their checkpoints. So the listener never needs to be reliable, only
@@ -12,37 +12,74 @@ a pooled connection would carry it to other users or lose it on reset. It is in
 autocommit mode because notifications are delivered only between transactions.
 When idle it checks liveness with ``SELECT 1``; when the connection or the
 server dies it reconnects with bounded exponential backoff.
+
+**Proving that LISTEN works.** Through a transaction-mode pooler (PgBouncer's
+``pool_mode = transaction``) a LISTEN succeeds, but on whichever server
+session ran it, which then goes back to the pool: notifications reach that
+session, never this client (https://www.pgbouncer.org/features.html). So
+after each LISTEN the listener also listens on a private probe channel and
+has a second, short-lived connection send ``pg_notify(probe, token)``: from
+another session, because a session's own notification comes back with the
+reply to its ``NOTIFY`` even through a pooler, which would prove nothing. If
+the probe does not arrive within ``probe_timeout`` seconds, LISTEN cannot
+work through this URL: the listener logs one WARNING naming the cause and the
+fix (a direct or session-mode URL as ``listen_url=`` / ``--listen-url`` /
+``EVENTSTORE_LISTEN_URL``), closes the connection and calls
+``on_wake("poll")`` every ``fallback_poll_interval`` seconds until stopped.
+A probe that cannot be judged (the cluster's NOTIFY queue at least half full,
+where wake-ups are skipped anyway; the second connection refused; its
+``pg_notify`` failing) proves nothing either way: the listener keeps
+listening, logs at DEBUG, and probes again at its next liveness check.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict
 
 from eventstore.errors import first_line
 from eventstore.runner.connections import KEEPALIVE_OPTIONS
+from eventstore.store.sql import NOTIFY_QUEUE_USAGE
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "Mode"]
 
 logger = logging.getLogger(__name__)
 
+Mode = Literal["connecting", "listening", "polling"]
 
 # How long one wait for notifications lasts: bounds how late a stop request is seen.
 _WAIT_SLICE = 0.25
 
+# The NOTIFY trigger skips wake-ups from this queue usage on (alembic/versions/0003_wake_up_hint_only.py),
+# and a nearly full queue may refuse the probe itself: no verdict there.
+_PROBE_QUEUE_LIMIT = 0.5
+
+_PROBE_SQL = b"SELECT pg_notify($1, $2)"
+
 
 class Listener:
-    """LISTEN on ``channel`` and call ``on_wake(reason)`` on notifications and reconnects.
+    """LISTEN on ``channel`` and call ``on_wake(reason)`` on notifications and reconnects; poll if LISTEN cannot work.
 
-    ``reason`` is ``"notification"`` or ``"connected"``. Run :meth:`run` in a
-    thread; it returns once ``stop`` is set. :attr:`listening` is set while the
-    LISTEN is in place (tests and benchmarks wait on it).
+    ``reason`` is ``"notification"``, ``"connected"`` (after each LISTEN:
+    catch up), or ``"poll"`` (every ``fallback_poll_interval`` seconds once
+    LISTEN proved not to work, see the module docstring). Run :meth:`run` in
+    a thread; it returns once ``stop`` is set (within about 0.25 s, plus a
+    connection attempt or statement in flight) and never raises driver errors.
+
+    State, for callers and tests: :attr:`mode` is ``"connecting"``,
+    ``"listening"`` or ``"polling"``; :attr:`listening` is set while a LISTEN
+    is in place that delivered a probe (or whose probe could not be judged);
+    :attr:`ready` is set while wake-ups are in place either way (listening or
+    polling), and is what to wait on before relying on wake-ups.
     """
 
     def __init__(
@@ -55,6 +92,8 @@ class Listener:
         reconnect_initial_delay: float = 0.1,
         reconnect_max_delay: float = 5.0,
         application_name: str = "eventstore-listener",
+        probe_timeout: float = 2.0,
+        fallback_poll_interval: float = 1.0,
     ) -> None:
         self.conninfo = conninfo
         self.channel = channel
@@ -63,51 +102,81 @@ class Listener:
         self.reconnect_initial_delay = reconnect_initial_delay
         self.reconnect_max_delay = reconnect_max_delay
         self.application_name = application_name
+        self.probe_timeout = probe_timeout
+        self.fallback_poll_interval = fallback_poll_interval
+        self.probe_channel = f"eventstore_probe_{uuid.uuid4().hex}"
+        """This listener's own channel for proving that notifications arrive (unique per listener)."""
+        self.mode: Mode = "connecting"
         self.listening = threading.Event()
+        self.ready = threading.Event()
         self.connections = 0
         """How many times a LISTEN connection was established (1 + reconnects)."""
         self.backend_pid: int | None = None
+        self._warned = False
 
     def run(self, stop: threading.Event) -> None:
-        """Listen until ``stop`` is set, reconnecting with backoff; never raises driver errors."""
+        """Listen (or poll) until ``stop`` is set, reconnecting with backoff; never raises driver errors."""
         delay = self.reconnect_initial_delay
-        while not stop.is_set():
-            try:
-                connection = psycopg.connect(
-                    self.conninfo, autocommit=True, application_name=self.application_name, **KEEPALIVE_OPTIONS
-                )
-            except psycopg.Error as error:
-                logger.warning(
-                    "listener cannot connect (%s); retrying in %.1f s",
-                    first_line(error),
-                    delay,
-                    extra={"channel": self.channel, "retry_in": delay},
-                )
-                stop.wait(delay)
-                delay = min(delay * 2, self.reconnect_max_delay)
-                continue
-            try:
-                with connection:
-                    self._listen(connection, stop)
-                    delay = self.reconnect_initial_delay
-            except psycopg.Error as error:
-                logger.warning(
-                    "listener connection lost (%s); reconnecting",
-                    first_line(error),
-                    extra={"channel": self.channel, "backend_pid": self.backend_pid},
-                )
-                # Reconnect at once the first time; back off if it keeps failing.
-                stop.wait(delay)
-                delay = min(delay * 2, self.reconnect_max_delay)
-            finally:
-                self.listening.clear()
-                self.backend_pid = None
+        try:
+            while not stop.is_set():
+                try:
+                    connection = psycopg.connect(
+                        self.conninfo,
+                        autocommit=True,
+                        application_name=self.application_name,
+                        prepare_threshold=None,  # SELECT 1 runs forever: never prepared, whatever is in between
+                        **KEEPALIVE_OPTIONS,
+                    )
+                except psycopg.Error as error:
+                    logger.warning(
+                        "listener cannot connect (%s); retrying in %.1f s",
+                        first_line(error),
+                        delay,
+                        extra={"channel": self.channel, "retry_in": delay},
+                    )
+                    stop.wait(delay)
+                    delay = min(delay * 2, self.reconnect_max_delay)
+                    continue
+                works = True
+                try:
+                    with connection:
+                        works = self._listen(connection, stop)
+                        delay = self.reconnect_initial_delay
+                except psycopg.Error as error:
+                    self.mode = "connecting"
+                    logger.warning(
+                        "listener connection lost (%s); reconnecting",
+                        first_line(error),
+                        extra={"channel": self.channel, "backend_pid": self.backend_pid},
+                    )
+                    # Reconnect at once the first time; back off if it keeps failing.
+                    stop.wait(delay)
+                    delay = min(delay * 2, self.reconnect_max_delay)
+                finally:
+                    self.listening.clear()
+                    self.ready.clear()
+                    self.backend_pid = None
+                if not works:
+                    self._poll(stop)
+        finally:
+            self.listening.clear()
+            self.ready.clear()
 
-    def _listen(self, connection: psycopg.Connection[Any], stop: threading.Event) -> None:
+    def _listen(self, connection: psycopg.Connection[Any], stop: threading.Event) -> bool:
+        """LISTEN, prove it, then deliver wake-ups until ``stop``; False when LISTEN proved not to work."""
         connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.probe_channel)))
         self.backend_pid = connection.info.backend_pid
         self.connections += 1
+        proven = self._probe(connection, stop)
+        if proven is False:
+            self._give_up_listening(connection)
+            return False
+        if stop.is_set():
+            return True
+        self.mode = "listening"
         self.listening.set()
+        self.ready.set()
         logger.info(
             "listening on %s",
             self.channel,
@@ -118,13 +187,137 @@ class Listener:
         last_activity = time.monotonic()
         while not stop.is_set():
             received = False
-            for _ in connection.notifies(timeout=_WAIT_SLICE, stop_after=1):
-                received = True
+            for notification in connection.notifies(timeout=_WAIT_SLICE, stop_after=1):
+                received = received or notification.channel == self.channel  # a late probe is no wake-up
             now = time.monotonic()
             if received:
                 last_activity = now
                 self.on_wake("notification")
             elif now - last_activity >= self.liveness_interval:
-                # Idle for a while: make sure the session (and so the LISTEN) still exists.
-                connection.execute("SELECT 1")
-                last_activity = now
+                # Idle for a while: make sure the session (and so the LISTEN) still exists,
+                # and judge a probe that could not be judged before.
+                if proven is None:
+                    proven = self._probe(connection, stop)
+                    if proven is False:
+                        self.listening.clear()
+                        self._give_up_listening(connection)
+                        return False
+                else:
+                    connection.execute("SELECT 1")
+                last_activity = time.monotonic()
+        return True
+
+    def _probe(self, connection: psycopg.Connection[Any], stop: threading.Event) -> bool | None:
+        """Whether a notification sent from another session reaches this one: True, False, or None (no verdict)."""
+        row = connection.execute(NOTIFY_QUEUE_USAGE).fetchone()
+        usage = float(row[0]) if row is not None else 0.0
+        if usage >= _PROBE_QUEUE_LIMIT:
+            logger.debug(
+                "listener: NOTIFY queue %.0f%% full; not probing whether notifications arrive", usage * 100,
+                extra={"channel": self.channel, "notify_queue_usage": usage},
+            )  # fmt: skip
+            return None
+        token = uuid.uuid4().hex
+        try:
+            sender = psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                application_name=f"{self.application_name}-probe",
+                prepare_threshold=None,
+                **KEEPALIVE_OPTIONS,
+            )
+        except psycopg.Error as error:
+            logger.debug("listener: cannot open the probe connection (%s); no verdict on LISTEN", first_line(error),
+                         extra={"channel": self.channel})  # fmt: skip
+            return None
+        deadline = time.monotonic() + self.probe_timeout
+        try:
+            # Sent without waiting for the reply: a pooler may queue it for a free server session for
+            # minutes (query_wait_timeout), and the wait below is bounded by probe_timeout alone.
+            failure = _send(sender.pgconn, _PROBE_SQL, [self.probe_channel.encode(), token.encode()], deadline)
+            while failure is None and not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                for notification in connection.notifies(timeout=min(remaining, _WAIT_SLICE), stop_after=1):
+                    if notification.channel == self.probe_channel and notification.payload == token:
+                        logger.debug("listener: probe arrived; LISTEN works", extra={"channel": self.channel})
+                        return True
+                failure = _reply_error(sender.pgconn)
+        finally:
+            sender.close()
+        if failure is not None:
+            logger.debug("listener: the probe notification failed (%s); no verdict on LISTEN", failure,
+                         extra={"channel": self.channel})  # fmt: skip
+        return None
+
+    def _give_up_listening(self, connection: psycopg.Connection[Any]) -> None:
+        """Warn (once per listener), drop the LISTENs this session may still hold somewhere, and switch to polling."""
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "LISTEN through %s does not deliver notifications: a probe sent from another session did not "
+                "arrive within %.1f s, as happens behind a pooler in transaction mode (PgBouncer pool_mode = "
+                "transaction), which gives each transaction any server session, while LISTEN needs one of its "
+                "own. Falling back to polling every %.1f s. For prompt wake-ups, give the runner a direct or "
+                "session-mode URL for listening: listen_url= (ProjectionRunner), --listen-url or "
+                "EVENTSTORE_LISTEN_URL (eventstore projections run)",
+                _describe(self.conninfo),
+                self.probe_timeout,
+                self.fallback_poll_interval,
+                extra={"channel": self.channel, "target": _describe(self.conninfo), "mode": "polling"},
+            )
+        self.mode = "polling"
+        try:  # Best effort: the server session that ran the LISTEN should not keep receiving wake-ups.
+            connection.execute("UNLISTEN *")
+        except psycopg.Error as error:
+            logger.debug("listener: UNLISTEN failed (%s)", first_line(error), extra={"channel": self.channel})
+
+    def _poll(self, stop: threading.Event) -> None:
+        """Call ``on_wake("poll")`` now and every ``fallback_poll_interval`` seconds until ``stop``."""
+        self.mode = "polling"
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                self.on_wake("poll")
+                stop.wait(self.fallback_poll_interval)
+        finally:
+            self.ready.clear()
+
+
+def _send(pgconn: pq.abc.PGconn, query: bytes, parameters: list[bytes | None], deadline: float) -> str | None:
+    """Send ``query`` without waiting for its reply; an error message if it cannot be sent by ``deadline``."""
+    try:
+        pgconn.send_query_params(query, parameters)
+        while pgconn.flush():  # psycopg's connections are non-blocking: 1 means more to send
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timed out sending it"
+            select.select([], [pgconn.socket], [], remaining)
+    except psycopg.Error as error:
+        return first_line(error)
+    return None
+
+
+def _reply_error(pgconn: pq.abc.PGconn) -> str | None:
+    """The error of the reply to a query sent with :func:`_send`, if it has come; never waits."""
+    try:
+        pgconn.consume_input()
+        while not pgconn.is_busy():
+            result = pgconn.get_result()
+            if result is None:
+                return None
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                return result.error_message.decode(errors="replace").strip() or "unknown error"
+    except psycopg.Error as error:
+        return first_line(error)
+    return None
+
+
+def _describe(conninfo: str) -> str:
+    """``host:port/dbname`` of a libpq connection string or URL, never the password."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "the listen URL"
+    return f"{parts.get('host') or 'localhost'}:{parts.get('port') or 5432}/{parts.get('dbname') or ''}"
