@@ -14,7 +14,8 @@ from eventstore.cli.errors import EXIT_PROJECTION_FAILED, CliError, reports_erro
 from eventstore.cli.loading import pick, pick_one
 from eventstore.cli.options import JsonOption, position_error
 from eventstore.cli.output import emit_json, print_table, progress_reporter, status
-from eventstore.errors import UnknownPosition, first_line
+from eventstore.database import url_of
+from eventstore.errors import ConfigurationError, UnknownPosition, first_line
 from eventstore.store import EventStore
 from eventstore.store.validation import MAX_INT64
 
@@ -138,10 +139,32 @@ def projections_run(
             help="Address the metrics server listens on (loopback by default; 0.0.0.0 for every interface).",
         ),
     ] = "127.0.0.1",
+    listen_url: Annotated[
+        str | None,
+        typer.Option(
+            "--listen-url",
+            metavar="URL",
+            envvar="EVENTSTORE_LISTEN_URL",
+            show_envvar=True,
+            help="Direct or session-mode URL of the same database for the runner's wake-up (LISTEN) connection, "
+            "needed when --url goes through a transaction-mode pooler such as PgBouncer (without it the runner "
+            "falls back to polling). Default: --url.",
+        ),
+    ] = None,
 ) -> None:
     """Run projection workers until Ctrl-C / SIGTERM (or --until-caught-up)."""
     from eventstore.runner import ProjectionRunner
 
+    listen_url = listen_url or None
+    if listen_url is not None:
+        try:
+            url_of(listen_url)
+        except ConfigurationError:
+            # Not the error's own text: it may quote the URL, password included.
+            raise CliError(
+                "--listen-url: invalid database URL; expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE, "
+                "a direct or session-mode connection to the same database as --url"
+            ) from None
     context = state(ctx)
     selected = pick(context.projections(), names or [])
     store = context.store()
@@ -154,7 +177,7 @@ def projections_run(
             cleanup.callback(metrics.unwatch, metrics.watch(store, selected))
             server = cleanup.enter_context(metrics.serve(metrics_port, host=metrics_host))
             status(f"serving metrics on {server.url}")
-        runner = ProjectionRunner(store, selected, poll_interval=poll_interval)
+        runner = ProjectionRunner(store, selected, poll_interval=poll_interval, listen_url=listen_url)
         status(f"running {', '.join(p.name for p in selected)}; Ctrl-C to stop")
         if until_caught_up:
             runner.run_until_caught_up()

@@ -44,6 +44,7 @@ class PgBouncer:
     port: int
     url: str
     log: Path
+    ini: Path
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -113,7 +114,7 @@ def start_pgbouncer(directory: Path, server_url: str, pool_mode: str, *, pool_si
             [binary, str(ini)], stdout=output, stderr=subprocess.STDOUT, user=_unprivileged_user(), cwd=directory
         )
     url = target.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
-    bouncer = PgBouncer(process, pool_mode, port, url, log)
+    bouncer = PgBouncer(process, pool_mode, port, url, log, ini)
     libpq = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while True:
