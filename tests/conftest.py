@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from eventstore.testing import TestServer
+from tests.runner.runner_helpers import Processes
 
 
 @pytest.fixture
@@ -46,3 +47,11 @@ def blocker(test_server: TestServer) -> Iterator[psycopg.Connection[tuple[object
     finally:
         connection.close()
         test_server.drop_database(name)
+
+
+@pytest.fixture
+def processes(database_url: str, tmp_path: Path) -> Iterator[Processes]:
+    """Start runner processes with ``processes.start(options)``; any left running are killed at the end."""
+    started = Processes(database_url, tmp_path)
+    yield started
+    started.stop_all()

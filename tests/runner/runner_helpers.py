@@ -1,11 +1,14 @@
-"""Helpers for the runner tests: fast settings, a runner in a background thread, bulk appends."""
+"""Helpers for the runner tests: fast settings, a runner in a background thread or process, bulk appends."""
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from eventstore import EventStore, NewEvent, ProjectionRunner
@@ -66,3 +69,32 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 10.0, what: str =
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
         time.sleep(0.02)
+
+
+class Processes:
+    """Runner processes (``runner_process.py``) started by a test; their stderr goes to log files in ``log_dir``."""
+
+    script = Path(__file__).with_name("runner_process.py")
+
+    def __init__(self, url: str, log_dir: Path) -> None:
+        self.url = url
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *options: str, url: str | None = None) -> subprocess.Popen[bytes]:
+        """Start a runner process on ``url`` (default: the test database) with ``runner_process.py`` options."""
+        with (self.log_dir / f"runner-{len(self.started)}.log").open("wb") as log:
+            process = subprocess.Popen([sys.executable, str(self.script), url or self.url, *options], stderr=log)
+        self.started.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "".join(f"--- {log.name}\n{log.read_text()}" for log in sorted(self.log_dir.glob("runner-*.log")))
+
+    def stop_all(self) -> None:
+        """Kill the processes still running and print their logs (shown by pytest when the test failed)."""
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+        print(self.logs())

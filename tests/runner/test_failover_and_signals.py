@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -17,39 +12,7 @@ from eventstore import EventStore, ProjectionRunner, admin
 from eventstore.runner.checkpoints import load
 from eventstore.runner.ownership import take_setup_lock
 from projections import Ledger
-from tests.runner.runner_helpers import FAST, append_many, wait_for
-
-SCRIPT = Path(__file__).with_name("runner_process.py")
-
-
-class Processes:
-    """Runner processes started by a test; their stderr goes to log files in ``tmp_path``."""
-
-    def __init__(self, url: str, log_dir: Path) -> None:
-        self.url = url
-        self.log_dir = log_dir
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *options: str) -> subprocess.Popen[bytes]:
-        with (self.log_dir / f"runner-{len(self.started)}.log").open("wb") as log:
-            process = subprocess.Popen([sys.executable, str(SCRIPT), self.url, *options], stderr=log)
-        self.started.append(process)
-        return process
-
-    def logs(self) -> str:
-        return "".join(f"--- {log.name}\n{log.read_text()}" for log in sorted(self.log_dir.glob("runner-*.log")))
-
-
-@pytest.fixture
-def processes(database_url: str, tmp_path: Path) -> Iterator[Processes]:
-    """Start runner processes with ``processes.start(options)``; any left running are killed at the end."""
-    started = Processes(database_url, tmp_path)
-    yield started
-    for process in started.started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-    print(started.logs())  # shown by pytest when the test failed
+from tests.runner.runner_helpers import FAST, Processes, append_many, wait_for
 
 
 def _ledger(engine: Engine, name: str = "ledger") -> list[tuple[int, str]]:
