@@ -10,6 +10,7 @@ live; SIGTERM frees the projection at once; a rebuild is refused meanwhile.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -17,11 +18,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eventstore import EventStore, NewEvent, ProjectionBusy, admin
+from eventstore import EventStore, NewEvent, ProjectionBusy, ProjectionRunner, admin
 from eventstore.runner.ownership import take_setup_lock
 from projections import Ledger
 from tests.poolers.conftest import PgBouncer
-from tests.runner.runner_helpers import Processes, append_many, wait_for
+from tests.runner.runner_helpers import FAST, Processes, append_many, running, wait_for
 
 
 def _ledger(engine: Engine) -> list[tuple[int, str]]:
@@ -92,3 +93,27 @@ def test_one_of_two_runners_through_pgbouncer_applies_and_the_other_takes_over(
     assert standby.wait(15) == 0
     status = admin.projection_status(store, ["ledger"])[0]
     assert (status.owner, status.state) == (None, "stopped")  # released at once, not left on a server connection
+
+
+def test_a_runner_of_fifty_projections_leaves_a_session_pool_room_for_other_clients(
+    pgbouncer: Callable[..., PgBouncer], store: EventStore
+) -> None:
+    """Before: 50 projections held 54 sessions; with a pool of 20 no checkpoint moved and others' appends hung."""
+    bouncer = pgbouncer("session", pool_size=8)
+    names = [f"ledger-{number:02}" for number in range(50)]
+    bounced = EventStore(bouncer.url)
+    runner = ProjectionRunner(bounced, [Ledger(name) for name in names], **FAST)
+    try:
+        with running(runner):
+            wait_for(lambda: runner.active_projections() == names, timeout=30, what="all 50 projections owned")
+            appended: list[int] = []
+            other = threading.Thread(
+                target=lambda: appended.append(append_many(bounced, "order", 50)), name="other-client", daemon=True
+            )
+            other.start()
+            other.join(30)
+            assert appended, "another client's appends through the same pool did not finish in 30 s"
+            for name in names:
+                admin.wait_until_processed(store, name, appended[0], timeout=30)
+    finally:
+        bounced.close()
