@@ -149,6 +149,11 @@ class AsyncEventStore:
         connection raises :class:`~eventstore.errors.DatabaseUnavailable` and
         the caller's transaction is gone.
 
+        Cancelling the awaiting task is safe: a statement still running is
+        cancelled on the server (so it either committed in full before, or
+        never will) and its connection is reused only once it is idle again;
+        retry with the same event ids to learn which.
+
         Raises:
             InvalidEvent: bad input (names the field); nothing was written.
             WrongExpectedVersion: the stream is at another version (``actual`` says which); nothing was written.
@@ -224,7 +229,10 @@ class AsyncEventStore:
         ``after`` is the ``global_position`` of the last event the caller
         consumed (None or 0: from the start); reading continues exactly after
         it in the global order (the gap rule). Events held back by a running
-        transaction are not returned yet: read again later.
+        transaction are not returned yet: read again later. Each batch is one
+        statement on a connection taken for it alone: no connection is held
+        between batches, and cancelling the iterating task while a batch is
+        read cancels that statement and gives its connection back.
 
         Raises:
             InvalidEvent: a bad argument (names it), at once.
