@@ -151,6 +151,16 @@ def projections_run(
             "falls back to polling). Default: --url.",
         ),
     ] = None,
+    connections: Annotated[
+        int,
+        typer.Option(
+            "--connections",
+            min=3,
+            envvar="EVENTSTORE_RUNNER_CONNECTIONS",
+            help="The most PostgreSQL connections this runner holds, its wake-up connection included, however "
+            "many projections it runs (it applies connections-2 of them at a time).",
+        ),
+    ] = 6,
 ) -> None:
     """Run projection workers until Ctrl-C / SIGTERM (or --until-caught-up)."""
     from eventstore.runner import ProjectionRunner
@@ -177,7 +187,9 @@ def projections_run(
             cleanup.callback(metrics.unwatch, metrics.watch(store, selected))
             server = cleanup.enter_context(metrics.serve(metrics_port, host=metrics_host))
             status(f"serving metrics on {server.url}")
-        runner = ProjectionRunner(store, selected, poll_interval=poll_interval, listen_url=listen_url)
+        runner = ProjectionRunner(
+            store, selected, poll_interval=poll_interval, listen_url=listen_url, connections=connections
+        )
         status(f"running {', '.join(p.name for p in selected)}; Ctrl-C to stop")
         if until_caught_up:
             runner.run_until_caught_up()

@@ -6,8 +6,13 @@ The projections come from tests/cli/cli_sample_projections.py (``--projections c
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner, Result
 
-from eventstore import EventStore, NewEvent
+from eventstore import EventStore, NewEvent, admin
 from eventstore.cli import app
 
 Invoke = Callable[..., Result]
@@ -198,3 +203,38 @@ def test_rebuild_refuses_while_a_runner_holds_the_lock(pcli: Invoke, running_run
     assert lines[-1].startswith("Error: projection 'cli_stream_counts' is locked by another runner (held by ")
     assert lines[-1].endswith("stop that runner or wait for it, then try again")
     assert "Traceback" not in result.output
+
+
+def test_run_refuses_a_connection_budget_too_small_to_work(pcli: Invoke) -> None:
+    result = pcli("projections", "run", "--connections", "2")
+    assert result.exit_code == 2
+    assert "--connections" in result.stderr and "greater than or equal to 3" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_run_with_a_budget_of_three_connections_applies_new_events(
+    database_url: str, store: EventStore, engine: Engine
+) -> None:
+    """EVENTSTORE_RUNNER_CONNECTIONS reaches the runner: with 3 it holds at most 3 connections and still applies."""
+    command = [str(Path(sys.executable).with_name("eventstore")), "--url", database_url, "--projections", MODULE]
+    environment = {**os.environ, "EVENTSTORE_RUNNER_CONNECTIONS": "3"}
+    cwd = Path(__file__).parent
+    with subprocess.Popen(
+        [*command, "projections", "run", "cli_stream_counts"], cwd=cwd, env=environment, stderr=subprocess.PIPE
+    ) as process:
+        try:
+            _orders(store)
+            admin.wait_until_processed(store, "cli_stream_counts", store.head_position(), timeout=30)
+            with engine.connect() as connection:
+                held = connection.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND application_name IN ('eventstore-runner', 'eventstore-listener')"
+                    )
+                ).scalar_one()
+            assert 1 <= held <= 3
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(20)
+    assert process.returncode == 0
+    assert _counts(engine) == {"order-1": 2, "order-2": 1}  # its category filter leaves customer-1 out
