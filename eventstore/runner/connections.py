@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 
 from eventstore.database import CLIENT_KEEPALIVES
 from eventstore.errors import ConfigurationError
-from eventstore.store.poolers import prepared_statements_for
+from eventstore.store.poolers import prepared_statements_for, share_choice
 
 __all__ = ["KEEPALIVE_OPTIONS", "session_engine"]
 
@@ -71,6 +71,8 @@ def session_engine(
     runner_engine = sa.create_engine(
         engine.url, **pooling, connect_args={**KEEPALIVE_OPTIONS, "application_name": application_name}
     )
+    if prepared_statements is None:
+        share_choice(runner_engine, choice)  # stores made on it (the runner's reads) decide nothing again
 
     @event.listens_for(runner_engine, "connect")
     def _no_prepared_statements_behind_a_pooler(driver: Any, record: Any) -> None:

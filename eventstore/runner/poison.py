@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Connection
 
-from eventstore.database import is_connection_error
+from eventstore.database import is_connection_error, translate_driver_error
+from eventstore.errors import ConfigurationError
 from eventstore.projection import Projection
 from eventstore.runner import checkpoints
 from eventstore.runner.checkpoints import Cursor, StaleCheckpoint, cursor_of
@@ -41,12 +42,21 @@ class HandlerFailed(Exception):
 
 
 def guarded(connection: Connection, index: int | None, call: Callable[[], object]) -> None:
-    """Run a handler call; its exception becomes :class:`HandlerFailed` unless the connection is gone."""
+    """Run a handler call; its exception becomes :class:`HandlerFailed` unless the connection or the setup is at fault.
+
+    A lost connection propagates as it is (the worker retries later); a
+    prepared statement lost by a pooler, as the
+    :class:`~eventstore.errors.ConfigurationError` that says what to change:
+    neither is the event's fault, so neither counts as a poison attempt.
+    """
     try:
         call()
     except Exception as error:
         if is_connection_error(error, connection):
             raise
+        translated = translate_driver_error(connection.engine, error)
+        if isinstance(translated, ConfigurationError):
+            raise translated from error
         raise HandlerFailed(index, error) from error
 
 

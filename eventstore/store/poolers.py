@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from eventstore.database import describe_target
 from eventstore.errors import ConfigurationError
 
-__all__ = ["ROUTE_SQL", "PreparedStatements", "Route", "prepared_statements_for", "route_of"]
+__all__ = ["ROUTE_SQL", "PreparedStatements", "Route", "prepared_statements_for", "route_of", "share_choice"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,12 @@ def prepared_statements_for(engine: Engine, setting: bool | None) -> PreparedSta
         if choice is None:
             choice = _BY_ENGINE[engine] = PreparedStatements(None, describe_target(engine))
         return choice
+
+
+def share_choice(engine: Engine, choice: PreparedStatements) -> None:
+    """Make ``choice`` the automatic one of ``engine`` too (an engine made for the same server, e.g. the runner's)."""
+    with _BY_ENGINE_LOCK:
+        _BY_ENGINE[engine] = choice
 
 
 class PreparedStatements:

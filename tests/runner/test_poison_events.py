@@ -9,7 +9,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 import projections
-from eventstore import EventStore, NewEvent, Projection, ProjectionError, ProjectionRunner, RecordedEvent, admin
+from eventstore import (
+    ConfigurationError,
+    EventStore,
+    NewEvent,
+    Projection,
+    ProjectionError,
+    ProjectionRunner,
+    RecordedEvent,
+    admin,
+)
 from eventstore.runner.checkpoints import load
 from projections import Ledger, ledger_positions
 from tests.runner.runner_helpers import FAST, wait_for
@@ -160,3 +169,22 @@ def test_a_rebuild_or_reset_resolves_the_open_failures_it_starts_over_from(store
     assert len(admin.list_failures(store, "stopping", open_only=True)) == 1
     admin.reset(store, stopping)
     assert admin.list_failures(store, "stopping", open_only=True) == []
+
+
+class LostStatement(Projection):
+    """Its handler runs a prepared statement the server does not have: what a transaction-mode pooler causes."""
+
+    name = "lost_statement"
+
+    def apply(self, event: RecordedEvent, conn: sa.Connection) -> None:
+        conn.exec_driver_sql("EXECUTE eventstore_no_such_statement")
+
+
+def test_a_prepared_statement_lost_by_a_pooler_is_not_a_poison_event(store: EventStore) -> None:
+    _append(store, ["Good"])
+    runner = ProjectionRunner(store, [LostStatement()], **{**FAST, "retry_attempts": 2})
+    with pytest.raises(ConfigurationError, match="prepared statement") as raised:
+        runner.run_until_caught_up(timeout=30)
+    assert "prepared_statements" in str(raised.value)  # says what to change
+    assert admin.list_failures(store) == []  # not recorded as the event's fault
+    assert admin.projection_status(store, ["lost_statement"])[0].state == "stopped"
