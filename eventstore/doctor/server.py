@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from eventstore.doctor.context import CHECK_ERRORS, Context, scalar
 from eventstore.doctor.findings import Finding, Severity
+from eventstore.runner.settings import RunnerSettings
 
 __all__ = [
     "RUNNER_BASE_CONNECTIONS",
@@ -19,7 +20,8 @@ __all__ = [
 ]
 
 RUNNER_BASE_CONNECTIONS = 2
-"""Connections a runner holds besides one per projection: its LISTEN connection and a pooled one for reads."""
+"""Connections a runner holds besides its workers': its LISTEN connection and its lease keeper's (a standby holds
+only these)."""
 
 _SERVER_SQL = """
     SELECT current_setting('server_version_num')::int AS version_num, current_setting('server_version') AS version,
@@ -83,7 +85,8 @@ def check_max_connections(context: Context, server: Any) -> list[Finding]:
                 count = int(scalar(connection, "SELECT count(*) FROM projection_checkpoints"))
         except CHECK_ERRORS:
             count = 0
-    needed = RUNNER_BASE_CONNECTIONS + count
+    budget = RunnerSettings().connections
+    needed = RUNNER_BASE_CONNECTIONS + min(budget - RUNNER_BASE_CONNECTIONS, count)
     free = server.max_connections - server.reserved - server.in_use
     details = {
         "max_connections": server.max_connections,
@@ -95,8 +98,8 @@ def check_max_connections(context: Context, server: Any) -> list[Finding]:
     }
     message = (
         f"max_connections {server.max_connections}: {free} free now ({server.in_use} in use, {server.reserved} "
-        f"reserved); a runner for {count} projection(s) needs about {needed} ({RUNNER_BASE_CONNECTIONS} + one per "
-        "projection; each standby runner as many)"
+        f"reserved); a runner for {count} projection(s) holds at most {needed} (its connection budget, "
+        f"`--connections`, is {budget}; each standby runner holds {RUNNER_BASE_CONNECTIONS})"
     )
     if free < needed:
         return [
@@ -104,8 +107,8 @@ def check_max_connections(context: Context, server: Any) -> list[Finding]:
                 "max_connections",
                 Severity.WARNING,
                 message,
-                "raise max_connections (restart needed) or close idle connections; a pooler in session mode "
-                "does not lower what runners need",
+                "raise max_connections (restart needed), close idle connections, or give runners a smaller "
+                "`--connections` budget",
                 details,
             )
         ]

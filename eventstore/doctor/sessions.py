@@ -114,9 +114,10 @@ def check_pooler(context: Context) -> list[Finding]:
             "pooler",
             Severity.WARNING,
             f"a connection pooler in transaction mode seems to sit in between: {probe.evidence}",
-            "give runners (and `eventstore tail`) a direct or session-mode URL: their LISTEN and advisory "
-            "locks need a session of their own; on PgBouncer before 1.21 (no max_prepared_statements) psycopg's "
-            "automatic prepared statements can also fail across transactions",
+            "runners work through it (their leases are rows), but their wake-ups need a session: give them a "
+            "direct or session-mode URL for LISTEN (`--listen-url`, `EVENTSTORE_LISTEN_URL`), or they poll; "
+            "`eventstore tail` needs such a URL as --url; eventstore turns psycopg's automatic prepared "
+            "statements off through it (PgBouncer before 1.21 cannot keep them)",
             details,
         )
     ]
