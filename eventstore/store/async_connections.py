@@ -17,6 +17,13 @@ received). A wake-up the server refuses is logged there, never raised: the
 append it followed committed long before. A connection whose wake-up cannot
 be read back is closed and the next call opens another.
 
+A call takes an idle connection whose wake-up has been answered; when every
+idle connection's backend is still running its wake-up, it opens another
+(while fewer than ``max_idle`` are open) rather than queue behind one, so
+one writer's appends alternate between two backends and a wake-up held up
+on the server (by the commit lock of other notifying transactions, say)
+delays no append.
+
 Bounds: each call in flight uses one connection; at most ``max_idle`` stay
 open between calls.
 """
@@ -65,6 +72,7 @@ class AsyncConnections:
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         # Connections with a wake-up sent and its answer not read yet.
         self._waking: set[psycopg.AsyncConnection[Any]] = set()
+        self._open = 0  # in use and idle
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -101,44 +109,59 @@ class AsyncConnections:
         """
         idle, self._idle[:] = list(self._idle), []
         for connection in idle:
-            self._waking.discard(connection)
-            await connection.close()
+            await self._close(connection)
 
     async def _take(self) -> psycopg.AsyncConnection[Any]:
         while self._idle:
-            connection = self._idle.pop(self._answered())
+            index = self._answered()
+            if index is None:
+                if self._open < self._max_idle:
+                    # Every idle backend is still running its wake-up: a new connection's
+                    # backend is free now, and it stays for the next calls (within max_idle).
+                    break
+                index = len(self._idle) - 1  # wait for the newest's answer
+            connection = self._idle.pop(index)
             try:
                 usable = await self._collect_wake_up(connection)
             except BaseException:  # cancelled while reading the wake-up's answer: state unknown
-                await connection.close()
+                await self._close(connection)
                 raise
             if usable:
                 return connection
-            await connection.close()
-        return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            await self._close(connection)
+        connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        self._open += 1
+        return connection
 
     async def _give_back(self, connection: psycopg.AsyncConnection[Any]) -> None:
         waking = connection in self._waking
         if not (_usable(connection) or (waking and connection.pgconn.status == pq.ConnStatus.OK)):
             self._waking.discard(connection)
+            self._open -= 1
             await _discard(connection)
         elif len(self._idle) < self._max_idle:
             self._idle.append(connection)
         else:
-            self._waking.discard(connection)
-            await connection.close()  # the server runs a wake-up it received before the close
+            await self._close(connection)  # the server runs a wake-up it received before the close
 
-    def _answered(self) -> int:
-        """The index of the idle connection to take: the newest with no wake-up answer still to wait for."""
+    async def _close(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self._waking.discard(connection)
+        self._open -= 1
+        await connection.close()
+
+    def _answered(self) -> int | None:
+        """The index of the idle connection to take: the newest with no wake-up answer to wait for (None: none)."""
         for index in range(len(self._idle) - 1, -1, -1):
             connection = self._idle[index]
             if connection not in self._waking:
                 return index
-            with contextlib.suppress(psycopg.Error, OSError):
+            try:
                 connection.pgconn.consume_input()  # without waiting: what has arrived
                 if not connection.pgconn.is_busy():
                     return index
-        return len(self._idle) - 1  # all still waiting (or broken): the newest, whose answer _take awaits
+            except (psycopg.Error, OSError):
+                return index  # broken: _collect_wake_up says so, and it is closed
+        return None
 
     async def _collect_wake_up(self, connection: psycopg.AsyncConnection[Any]) -> bool:
         """Read the answer of the wake-up in flight on ``connection`` (if any); False if it is not usable."""

@@ -26,6 +26,7 @@ from tests.asyncio.async_helpers import Loop, placed, store_backends, wait_for, 
 
 APPEND = "WITH last AS"  # how the append statement starts
 READ = "SELECT global_position"  # how a read_all batch starts
+WAKE_UP = "SELECT eventstore_wake_up_v1()"  # may still run once its append has returned
 
 
 @pytest.fixture
@@ -72,7 +73,8 @@ def outcome(loop: Loop, task: asyncio.Task[Any]) -> Any:
 
 
 def all_idle(admin: psycopg.Connection[Any]) -> bool:
-    return all(state == "idle" for _, state, _, _ in store_backends(admin))
+    """No backend of the store is inside a statement or a transaction (but a wake-up sent after an append's commit)."""
+    return all(state == "idle" or query == WAKE_UP for _, state, _, query in store_backends(admin))
 
 
 # -- terminated backends ------------------------------------------------------------------
@@ -242,7 +244,7 @@ def test_leaving_read_all_midway_holds_no_connection(
 
     assert loop.run(first_three()) == [0, 1, 2]
     assert all_idle(admin)
-    assert len(store_backends(admin)) == 1
+    assert len(store_backends(admin)) <= 4  # max_idle
 
 
 def _read_all(loop: Loop, store: AsyncEventStore) -> list[RecordedEvent]:

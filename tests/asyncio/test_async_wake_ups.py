@@ -65,28 +65,35 @@ def test_the_append_returns_while_its_wake_up_still_waits_on_the_server(
     admin: psycopg.Connection[Any],
     database_url: str,
 ) -> None:
-    """The writer does not wait for the wake-up's answer: here the wake-up cannot even finish before it returns."""
+    """The writer does not wait for the wake-up's answer: here the wake-up cannot even finish before it returns.
+
+    Nor does the next append wait for it: it takes another connection, whose backend is free.
+    """
     replace_wake_up(
         admin, "BEGIN PERFORM pg_advisory_xact_lock_shared(4242); PERFORM pg_notify('eventstore_events_v1', ''); END"
     )
     store = make_store()
     with psycopg.connect(libpq_url(sa.make_url(database_url)), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(4242)")
-        result = loop.run(store.append("order-1", [placed()]))  # would time out if it awaited its wake-up
-        assert result.stream_version == 1
+        first = loop.run(store.append("order-1", [placed()]))  # would time out if it awaited its wake-up
+        wait_for(lambda: len(stuck_wake_ups(admin)) == 1, "the wake-up to wait for the advisory lock")
+        second = loop.run(store.append("order-1", [placed()]))  # would time out behind the first wake-up
+        assert (first.stream_version, second.stream_version) == (1, 2)
         (count,) = admin.execute("SELECT count(*) FROM events").fetchone() or (0,)
-        assert count == 1  # committed
-        wait_for(
-            lambda: any(wait == "Lock" and query == WAKE_UP_QUERY for _, _, wait, query in store_backends(admin)),
-            "the wake-up to wait for the advisory lock",
-        )
+        assert count == 2  # committed
+        wait_for(lambda: len(stuck_wake_ups(admin)) == 2, "both wake-ups to wait for the advisory lock")
         assert wake_ups(listener, 0) == 0
         holder.execute("SELECT pg_advisory_unlock(4242)")
-    assert wake_ups(listener, 1) == 1
-    # The next append reads that wake-up's answer and reuses its connection.
-    assert loop.run(store.append("order-2", [placed()])).stream_version == 1
-    assert wake_ups(listener, 1) == 1
-    assert len(store_backends(admin)) == 1
+    assert wake_ups(listener, 2) == 2
+    # Later appends read those answers and reuse the connections (at most max_idle=4 stay open).
+    for number in range(3):
+        loop.run(store.append(f"order-{number + 2}", [placed()]))
+    assert wake_ups(listener, 3) == 3
+    assert 2 <= len(store_backends(admin)) <= 4
+
+
+def stuck_wake_ups(admin: psycopg.Connection[Any]) -> list[int]:
+    return [pid for pid, _, wait, query in store_backends(admin) if wait == "Lock" and query == WAKE_UP_QUERY]
 
 
 def test_a_refused_wake_up_is_logged_and_never_fails_an_append(
