@@ -78,7 +78,21 @@ _LOAD_ALL = sa.text(
     f"SELECT {_COLUMNS} FROM projection_checkpoints "  # noqa: S608 - constant
     "WHERE projection_name = ANY(CAST(:names AS text[]))"
 )
-_LOCK = sa.text(f"SELECT {_COLUMNS} FROM projection_checkpoints WHERE projection_name = :name FOR UPDATE")  # noqa: S608
+# Whoever holds a checkpoint row lock makes the server notice within seconds if its
+# host vanishes (no FIN), so that the lock, and with it the projection, is not held
+# for the kernel's default two hours: server-side TCP keepalives for the rest of the
+# transaction only (set_config(..., true); on a unix socket they do nothing). A row
+# subquery in FROM is evaluated exactly once. Through a pooler they apply to the
+# pooler's connection: the pooler's own client keepalives (PgBouncer's tcp_keepidle)
+# cover its clients.
+_KEEPALIVE = (
+    "(SELECT set_config('tcp_keepalives_idle', '5', true), set_config('tcp_keepalives_interval', '2', true), "
+    "set_config('tcp_keepalives_count', '3', true)) AS keepalive"
+)
+_LOCK = sa.text(
+    f"SELECT {_COLUMNS} FROM projection_checkpoints, {_KEEPALIVE} "  # noqa: S608 - constants
+    "WHERE projection_name = :name FOR UPDATE OF projection_checkpoints"
+)
 # The forward-only guard: a row comes back only if the checkpoint really moves.
 _ADVANCE = sa.text(
     """
@@ -92,15 +106,16 @@ _ADVANCE = sa.text(
 # Take the row lock, check the lease's fencing token, renew the lease and move the
 # checkpoint, in one statement at the start of a batch (see eventstore.runner.ownership).
 _ADVANCE_FROM = sa.text(
-    """
+    f"""
     UPDATE projection_checkpoints
     SET transaction_order = CAST(:order AS xid8), global_position = :position, updated_at = now(),
         lease_expires_at = clock_timestamp() + make_interval(secs => :ttl)
+    FROM {_KEEPALIVE}
     WHERE projection_name = :name AND state <> 'failed' AND lease_token = :token
       AND (transaction_order, global_position) = (CAST(:expected_order AS xid8), :expected_position)
       AND (transaction_order, global_position) < (CAST(:order AS xid8), :position)
     RETURNING global_position
-    """
+    """  # noqa: S608 - constants
 )
 _MOVE_TO = sa.text(
     "UPDATE projection_checkpoints SET transaction_order = CAST(:order AS xid8), global_position = :position, "

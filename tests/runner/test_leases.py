@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from eventstore import EventStore, NewEvent, ProjectionBusy, ProjectionRunner, admin
+from eventstore import EventStore, NewEvent, ProjectionBusy, ProjectionRunner, RecordedEvent, admin
 from eventstore.errors import ProjectionTimeout
 from eventstore.runner import checkpoints, ownership
 from eventstore.runner.connections import session_engine
@@ -174,3 +174,32 @@ def test_a_long_batch_keeps_its_lease_even_past_the_time_to_live(store: EventSto
     assert len(_applied(engine)) == 20
     assert taken == []  # the batch held the row, and renewed the lease before it committed
     slow.release()
+
+
+class KeepaliveProbe(Ledger):
+    """Records the server's keepalive setting its batch transactions run with."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.seen: list[str] = []
+
+    def apply(self, event: RecordedEvent, conn: Connection) -> bool:
+        self.seen.append(str(conn.exec_driver_sql("SHOW tcp_keepalives_idle").scalar_one()))
+        return True
+
+
+def test_a_batch_that_holds_the_checkpoint_row_has_the_server_watch_its_client(
+    store: EventStore, engine: Engine
+) -> None:
+    """A vanished runner host must not keep the row (and the projection) locked for the kernel's two hours."""
+    append_many(store, "order", 3)
+    probe = KeepaliveProbe("probe")
+    session = ProjectionSession.acquire(
+        engine, store, probe, settings=RunnerSettings(), stop=threading.Event(), owner="probe:1"
+    )
+    assert session is not None
+    session.catch_up()
+    session.release()
+    assert probe.seen == ["5", "5", "5"]  # while the row is locked: 5 s idle, then 3 probes 2 s apart
+    with engine.connect() as connection:  # the test server is reached over TCP; outside a batch the default stays
+        assert connection.exec_driver_sql("SHOW tcp_keepalives_idle").scalar_one() != "5"
