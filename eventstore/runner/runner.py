@@ -73,7 +73,8 @@ class ProjectionRunner:
     and the :class:`~eventstore.runner.RunnerSettings` fields (``batch_size``,
     ``held_back_interval``, ``lock_retry_interval``, ``retry_attempts``,
     ``retry_delay``, ``retry_max_delay``, ``reconnect_max_delay``,
-    ``liveness_interval``, ``stall_warning_after``), plus ``shutdown_timeout``
+    ``liveness_interval``, ``stall_warning_after``, ``lease_ttl``, and
+    ``connections``: the connection budget), plus ``shutdown_timeout``
     and ``listen_url`` (a direct connection URL for the LISTEN session, for
     when ``store`` goes through a transaction-mode pooler; default: the
     store's URL).
