@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from eventstore import instruments
-from eventstore.database import is_connection_error, libpq_url, url_of
+from eventstore.database import is_connection_error, libpq_url, translate_driver_errors, url_of
 from eventstore.errors import ConfigurationError, ProjectionError, ProjectionTimeout, first_line
 from eventstore.projection import Projection
 from eventstore.runner import checkpoints, ownership
@@ -411,8 +411,9 @@ class ProjectionRunner:
         self.failed = []
         total = 0
         try:
-            for projection in self.projections:
-                total += self._catch_up_one(engine, store, projection, stop)
+            with translate_driver_errors(self.store.engine):
+                for projection in self.projections:
+                    total += self._catch_up_one(engine, store, projection, stop)
         finally:
             if timer is not None:
                 timer.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
 from collections.abc import Callable
 
@@ -10,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eventstore import EventStore, NewEvent, ProjectionRunner, admin
+from eventstore import DatabaseUnavailable, EventStore, NewEvent, ProjectionRunner, admin
 from eventstore.testing import TestServer
 from projections import Ledger, ledger_positions
-from tests.runner.runner_helpers import append_many
+from tests.runner.runner_helpers import FAST, append_many
 
 
 def _global_order(store: EventStore) -> list[int]:
@@ -114,3 +115,13 @@ def test_listener_killed_then_server_restarted_during_a_run(
     assert len(applied) == 120
     assert applied == _global_order(store)
     assert admin.list_failures(store) == []
+
+
+def test_catching_up_without_a_server_raises_an_eventstore_error() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with EventStore(f"postgresql://postgres@127.0.0.1:{port}/nowhere") as unreachable:
+        runner = ProjectionRunner(unreachable, [Ledger()], **FAST)
+        with pytest.raises(DatabaseUnavailable, match=f"127.0.0.1:{port}/nowhere"):
+            runner.run_until_caught_up(timeout=10)
