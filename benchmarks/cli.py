@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only append,latency,catchup,rebuild,async_append,sse] [--out DIR]``."""
+"""``python -m benchmarks [--quick] [--only append,latency,...] [--out DIR]``; ``--help`` lists the measurements."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ __all__ = ["main"]
 
 logger = logging.getLogger("benchmarks")
 
-MEASUREMENTS = ("append", "latency", "catchup", "rebuild", "async_append", "sse")
+MEASUREMENTS = ("append", "latency", "catchup", "rebuild", "async_append", "sse", "runner_scale")
+QUICK_SKIPS = ("runner_scale",)
+"""Left out of ``--quick`` unless named in ``--only``: two runner processes with an idle window each, 30-50 s."""
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -22,8 +24,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small smoke run (about a minute)")
     parser.add_argument(
         "--only",
-        default=",".join(MEASUREMENTS),
-        help=f"comma-separated subset of {','.join(MEASUREMENTS)} (default: all)",
+        default=None,
+        help=f"comma-separated subset of {','.join(MEASUREMENTS)} (default: all; --quick leaves out "
+        f"{','.join(QUICK_SKIPS)})",
     )
     parser.add_argument(
         "--out",
@@ -39,6 +42,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every sample")
     arguments = parser.parse_args(argv)
+    if arguments.only is None:
+        arguments.skipped = [name for name in QUICK_SKIPS if arguments.quick]
+        arguments.only = ",".join(name for name in MEASUREMENTS if name not in arguments.skipped)
+    else:
+        arguments.skipped = []
     chosen = [name.strip() for name in arguments.only.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(MEASUREMENTS))
     if unknown or not chosen:
@@ -73,6 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     with bench_server() as server:
         results = Results(mode=plan.mode, machine=machine_description(server.settings()))
         results.notes.append(f"load average at the start {_load()} (other work on the machine shows here)")
+        if arguments.skipped:
+            results.notes.append(
+                f"--quick left out {', '.join(arguments.skipped)} (30-50 s more); name it in --only to run it "
+                "(e.g. python -m benchmarks.runner_scale --quick)"
+            )
         pool = None
         try:
             if "append" in arguments.only or "latency" in arguments.only:
@@ -128,6 +141,11 @@ def main(argv: list[str] | None = None) -> None:
 
                 logger.info("sse latency")
                 measure_sse(server, results, plan)
+            if "runner_scale" in arguments.only:
+                from benchmarks.runner_scale import measure_runner_scale
+
+                logger.info("runner scale")
+                measure_runner_scale(server, results, plan)
         finally:
             if pool is not None:
                 pool.close()

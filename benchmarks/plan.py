@@ -34,6 +34,16 @@ class Plan:
     """Connected SSE clients per case of the SSE latency measurement."""
     sse_pings: int = 500
     sse_repeats: int = 2
+    runner_scale_counts: tuple[int, ...] = (1, 50)
+    """Projections of the one runner process of each runner-scale case."""
+    runner_scale_events: int = 200
+    """Single events appended one at a time per case (append-to-applied latency)."""
+    runner_scale_pause: float = 0.1
+    """Average pause after each of those events is applied by every projection (jittered 0.5-1.5x)."""
+    runner_scale_idle_seconds: float = 10.0
+    """The idle window over which the runner's CPU and the standby's new backends are counted."""
+    runner_scale_standby_from: int = 50
+    """Cases with at least this many projections also start a standby runner of the same projections."""
 
 
 FULL = Plan(
@@ -61,4 +71,6 @@ QUICK = Plan(
     sse_client_counts=(1,),  # 1,000 clients: seconds to connect, 0.2 s a ping; the run notes the skip
     sse_pings=50,
     sse_repeats=1,
+    runner_scale_events=30,
+    runner_scale_idle_seconds=3.0,
 )
