@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
@@ -15,6 +18,18 @@ from eventstore.web.auth import BearerToken
 from eventstore.web.errors import exception_handlers
 
 __all__ = ["build_app"]
+
+
+@contextlib.asynccontextmanager
+async def _closing_dashboard(app: Starlette) -> AsyncIterator[None]:
+    """At shutdown, stop the dashboard's sampler and close its store (the app's own; the caller's stays open).
+
+    Run by a server (``eventstore serve``, ``uvicorn``); a host app that
+    mounts this one runs its own lifespan instead, and the dashboard's store
+    is closed when collected.
+    """
+    yield
+    await app.state.dashboard.aclose()
 
 
 def build_app(
@@ -44,7 +59,9 @@ def build_app(
         Mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="dashboard-static"),
     ]
     middleware = [] if token is None else [Middleware(BearerToken, token=token)]
-    app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers())
+    app = Starlette(
+        routes=routes, middleware=middleware, exception_handlers=exception_handlers(), lifespan=_closing_dashboard
+    )
     app.state.store = store
     app.state.projection_names = projection_names
     app.state.heartbeat_seconds = heartbeat_seconds

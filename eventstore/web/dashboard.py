@@ -320,9 +320,19 @@ class Dashboard:
         return self._sync
 
     def close(self) -> None:
+        """Close the sync store the snapshots are read with (it reopens if a page comes back)."""
         if self._sync is not None:
             self._sync.close()
             self._sync = None
+
+    async def aclose(self) -> None:
+        """Stop the sampler and close the sync store: the app's shutdown."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.close()
 
     def wake(self) -> None:
         if self._wake is not None:

@@ -230,3 +230,32 @@ def test_serve_runs_the_app_on_any_address_with_a_token_until_ctrl_c(database_ur
             process.wait()
         if process.stderr is not None:
             process.stderr.close()
+
+
+def test_the_app_closes_the_dashboard_store_at_shutdown(database_url: str, engine: sa.Engine) -> None:
+    """The dashboard reads through a sync store of its own; the app's lifespan closes it (the caller's store stays)."""
+    import asyncio
+
+    from eventstore.store import AsyncEventStore
+    from eventstore.web import create_app
+
+    counted = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    def backends() -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(counted).scalar_one())
+
+    async def scenario() -> tuple[int, int, bool]:
+        async with AsyncEventStore(database_url) as store:
+            app = create_app(store)
+            async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
+                await app.state.dashboard.snapshot_fragments("")  # type: ignore[attr-defined]
+                during = backends()
+            after = backends()
+            return during, after, await store.head_position() == 0
+
+    during, after, store_still_usable = asyncio.run(scenario())
+    assert after < during  # the dashboard's pooled connections are gone
+    assert store_still_usable
