@@ -9,9 +9,10 @@ payload as :mod:`benchmarks.writers` into its own migrated database:
   :class:`eventstore.AsyncEventStore` in one event loop (kept across windows,
   so its connections stay warm, as the sync store's do).
 - the same two with ``notify=False`` (full mode only): no wake-up after the
-  commit. The sync store sends its wake-up without waiting for the answer;
-  the async store awaits it; these two rows show how much of the gap between
-  the stores is the wake-up and how much is the rest of the call.
+  commit. Both stores send their wake-up without waiting for its answer
+  (read when the connection is next used); these two rows show what the
+  wake-up still costs each store, and how much of any gap between the stores
+  is the rest of the call.
 
 Each writer appends a few times before its window opens (connections opened,
 statements prepared), then appends until the window closes; events/s of all
