@@ -1,9 +1,10 @@
 """One subscriber of the hub (:mod:`eventstore.store.subscriptions`): its cursor, bounded buffer and catch-up.
 
 A subscription needs no task of its own: it catches up (reads its history,
-filtered in SQL) inside the consumer's own ``__anext__``, and while live it
-waits on its buffer, which the hub's shared read fills. So cancelling the
-consuming task is all it takes to end it, idle or not.
+filtered in SQL) inside the consumer's own ``__anext__`` (or
+:meth:`Subscription.next_batch`), and while live it waits on its buffer, which
+the hub's shared read fills. So cancelling the consuming task is all it takes
+to end it, idle or not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal
 from eventstore.database import is_connection_error
 from eventstore.errors import first_line
 from eventstore.store import protocol
-from eventstore.store.subscriptions import Cursor, SubscriptionHub
+from eventstore.store.subscriptions import Cursor, FilterKey, SubscriptionHub
 from eventstore.store.validation import MAX_EVENT_TYPE_LENGTH, MAX_INT64, MAX_STREAM_ID_LENGTH, check_count, check_names
 from eventstore.types import RecordedEvent
 
@@ -54,6 +55,13 @@ class Subscription:
         self._categories = check_names("categories", categories, MAX_STREAM_ID_LENGTH)
         self._event_types = check_names("event_types", event_types, MAX_EVENT_TYPE_LENGTH)
         self._stream_ids = check_names("stream_ids", stream_ids, MAX_STREAM_ID_LENGTH)
+        # The filter, precomputed for the shared read's test of each event (sets: one hash look-up a kind).
+        self._selects_all = not (self._categories or self._event_types or self._stream_ids)
+        self._category_set = frozenset(self._categories or ())
+        self._event_type_set = frozenset(self._event_types or ())
+        self._stream_id_set = frozenset(self._stream_ids or ())
+        self.filter_key = (self._category_set, self._event_type_set, self._stream_id_set)
+        """Equal for subscriptions with the same filter: the shared read tests an event once per distinct filter."""
         self.max_buffered = check_count("max_buffered", max_buffered, minimum=1, maximum=MAX_INT64) or 1
         self._hub = hub
         self.cursor: Cursor = (0, 0)
@@ -65,6 +73,7 @@ class Subscription:
         self._ready = asyncio.Event()
         self._failure: BaseException | None = None
         self._entered = False
+        self._interrupted = False
 
     @property
     def live(self) -> bool:
@@ -94,31 +103,72 @@ class Subscription:
         return self
 
     async def __anext__(self) -> RecordedEvent:
+        while True:
+            events = await self.next_batch(1)
+            if events:
+                return events[0]
+
+    async def next_batch(self, limit: int) -> list[RecordedEvent]:
+        """The next events, up to ``limit`` of them: what is buffered now, waiting (or catching up) for at least one.
+
+        The same events, in the same order, as ``limit`` calls of ``__anext__``:
+        a consumer that writes events out (the SSE stream) takes all that are
+        ready at once, one write for several. It returns an empty list only
+        after :meth:`interrupt` (a consumer's own timer: a heartbeat is due).
+
+        Raises:
+            StopAsyncIteration: the store was closed.
+            RuntimeError: used outside ``async with``.
+        """
         if not self._entered:
             raise RuntimeError("use the subscription inside `async with store.subscribe(...) as feed:`")
         while True:
-            if self._buffer:
-                event = self._buffer.popleft()
-                self._from_catch_up = max(0, self._from_catch_up - 1)
-                self.position = event.global_position
-                return event
+            buffer = self._buffer
+            if buffer:
+                if len(buffer) <= limit:
+                    events = list(buffer)
+                    buffer.clear()
+                else:
+                    events = [buffer.popleft() for _ in range(limit)]
+                self._from_catch_up = max(0, self._from_catch_up - len(events))
+                self.position = events[-1].global_position
+                return events
             if self._failure is not None:
                 raise self._failure
             if self._hub.closed:
                 raise StopAsyncIteration
+            if self._interrupted:
+                self._interrupted = False
+                return []
             if self.live:
                 self._ready.clear()
                 await self._ready.wait()
             else:
                 await self._catch_up()
 
+    def interrupt(self) -> None:
+        """Make the pending (or next) :meth:`next_batch` return, with an empty list if nothing is buffered."""
+        self._interrupted = True
+        self._ready.set()
+
     # -- called by the hub ------------------------------------------------------
 
-    def offer(self, event: RecordedEvent, cursor: Cursor) -> bool:
-        """Buffer ``event`` if it is new to this subscription and selected; False: the buffer is full."""
+    def offer(self, event: RecordedEvent, cursor: Cursor, verdicts: dict[FilterKey, bool]) -> bool:
+        """Buffer ``event`` if it is new to this subscription and selected; False: the buffer is full.
+
+        ``verdicts``: whether ``event`` passes each filter tested so far (the
+        hub passes one dict per event, so 1,000 subscriptions with the same
+        filter test it once).
+        """
         if cursor <= self.cursor:
             return True  # read by the subscription itself before it joined
-        if self._selects(event):
+        selected = self._selects_all
+        if not selected:
+            verdict = verdicts.get(self.filter_key)
+            if verdict is None:
+                verdict = verdicts[self.filter_key] = self._selects(event)
+            selected = verdict
+        if selected:
             if len(self._buffer) - self._from_catch_up >= self.max_buffered:
                 return False
             self._buffer.append(event)
@@ -138,9 +188,9 @@ class Subscription:
     def _selects(self, event: RecordedEvent) -> bool:
         """The SQL filter (:func:`eventstore.store.sql.filter_clause`), in Python, for the shared read."""
         return (
-            (not self._event_types or event.type in self._event_types)
-            and (not self._categories or event.category in self._categories)
-            and (not self._stream_ids or event.stream_id in self._stream_ids)
+            (not self._event_type_set or event.type in self._event_type_set)
+            and (not self._category_set or event.category in self._category_set)
+            and (not self._stream_id_set or event.stream_id in self._stream_id_set)
         )
 
     async def _catch_up(self) -> None:

@@ -57,12 +57,15 @@ from eventstore.types import RecordedEvent
 if TYPE_CHECKING:
     from eventstore.store.subscription import Subscription
 
-__all__ = ["Cursor", "SubscriptionHub", "SubscriptionSettings"]
+__all__ = ["Cursor", "FilterKey", "SubscriptionHub", "SubscriptionSettings"]
 
 logger = logging.getLogger(__name__)
 
 Cursor = tuple[int, int]
 """``(transaction_order, global_position)``: a place in the global order."""
+
+FilterKey = tuple[frozenset[str], frozenset[str], frozenset[str]]
+"""A subscription's filter (categories, event types, stream ids; empty: any)."""
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,10 @@ class SubscriptionHub:
             if not self.live:
                 continue
             try:
-                await self._read_new_events()
+                # The fence check comes first: checked after the read, a blocking transaction that ended
+                # in between would leave events unread (its end sends no wake-up) until the fallback poll.
                 self._held_back = await protocol.drive_async(protocol.held_back(), self.execute)
+                await self._read_new_events()
             except Exception as error:
                 if not is_connection_error(error):
                     logger.exception("subscriptions: reading new events failed; live subscriptions end with it")
@@ -232,8 +237,9 @@ class SubscriptionHub:
     def _fan_out(self, event: RecordedEvent) -> None:
         # No await in here: subscribers join or leave only between two events.
         cursor = (event.transaction_order, event.global_position)
+        verdicts: dict[FilterKey, bool] = {}
         for subscription in list(self.live):
-            if not subscription.offer(event, cursor):
+            if not subscription.offer(event, cursor, verdicts):
                 self.live.discard(subscription)  # overflowed: it catches up on its own
         self.cursor = cursor
 

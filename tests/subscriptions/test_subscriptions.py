@@ -439,3 +439,70 @@ def test_bad_arguments_raise_at_once_and_an_unknown_position_on_entering(
 
     with pytest.raises(UnknownPosition):
         loop.run(enter())
+
+
+# -- taking several events at once -------------------------------------------------------------
+
+
+def test_next_batch_gives_what_anext_gives_several_at_a_time_and_interrupt_returns_empty(
+    loop: Loop, make_store: Callable[..., AsyncEventStore], store: EventStore
+) -> None:
+    positions = [store.append(f"a-{number % 3}", [happened(str(number))]).global_position for number in range(10)]
+    async_store = make_store(read_batch_size=4)
+
+    async def take() -> tuple[list[list[int]], list[int], list[int]]:
+        async with async_store.subscribe(after=0) as feed:
+            batches: list[list[int]] = []
+            while sum(len(batch) for batch in batches) < 10:  # history, read 4 at a time
+                batches.append([event.global_position for event in await feed.next_batch(3)])
+            assert feed.position == positions[-1]
+            assert await _within(feed.next_batch(3), 0.05) is None  # nothing more: it waits
+            feed.interrupt()
+            interrupted = await feed.next_batch(3)
+            await asyncio.to_thread(lambda: [store.append("b-1", [happened(f"live {n}")]) for n in range(3)])
+            live: list[int] = []
+            while len(live) < 3:
+                live += [event.global_position for event in await feed.next_batch(10)]
+            return batches, [event.global_position for event in interrupted], live
+
+    batches, interrupted, live = loop.run(take())
+    assert [position for batch in batches for position in batch] == positions
+    assert all(1 <= len(batch) <= 3 for batch in batches)
+    assert interrupted == []
+    assert live == all_positions(store, after=positions[-1])
+
+
+async def _within(awaitable: Awaitable[T], seconds: float) -> T | None:
+    """``awaitable``'s result, or None when it has none within ``seconds`` (it is then cancelled)."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        return None
+
+
+def test_subscriptions_with_the_same_filter_test_each_event_once(
+    loop: Loop, make_store: Callable[..., AsyncEventStore], store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async_store = make_store()
+    filtered = [Consumer(loop, async_store, after="head", categories=["order"]).start() for _ in range(20)]
+    others = [Consumer(loop, async_store, after="head", event_types=["Placed"]).start() for _ in range(5)]
+    everything = Consumer(loop, async_store, after="head").start()
+    for consumer in [*filtered, *others, everything]:
+        consumer.wait_live()
+    tests: list[int] = []
+    selects = Subscription._selects
+
+    def counted(subscription: Subscription, event: RecordedEvent) -> bool:
+        tests.append(event.global_position)
+        return selects(subscription, event)
+
+    monkeypatch.setattr(Subscription, "_selects", counted)
+    store.append("order-1", [happened("placed", "Placed")])
+    store.append("invoice-1", [happened("sent", "Sent")])
+    everything.wait_for(2)
+    for consumer in filtered:
+        consumer.wait_for(1)
+    for consumer in others:
+        consumer.wait_for(1)
+    assert len(tests) == 2 * 2  # two distinct filters, two events; the unfiltered subscription tests nothing
+    assert [len(consumer.received) for consumer in filtered + others] == [1] * 25
