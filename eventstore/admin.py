@@ -14,6 +14,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from eventstore.database import translate_driver_errors
 from eventstore.errors import ProjectionError, ProjectionNotFound
@@ -77,6 +78,8 @@ class ProjectionStatus:
     blocked_by: tuple[Blocker, ...] = ()
     notify_queue_usage: float = 0.0
     """``pg_notification_queue_usage()``: the share of the cluster's NOTIFY queue in use (wake-ups stop at 0.5)."""
+    unowned_since: datetime | None = None
+    """When no owner holds it: since when (its last lease expired, or was released); None while one does."""
 
 
 def projection_status(store: EventStore, projections: Sequence[Projection | str]) -> list[ProjectionStatus]:
@@ -114,9 +117,18 @@ def projection_status(store: EventStore, projections: Sequence[Projection | str]
                 held_back=int(lag.held_back),
                 blocked_by=blockers if lag.held_back else (),
                 notify_queue_usage=queue_usage,
+                unowned_since=None if name in held else _unowned_since(current),
             )
         )
     return statuses
+
+
+def _unowned_since(current: Checkpoint | None) -> datetime | None:
+    if current is None:
+        return None
+    if current.owner is not None and current.lease_expires_at is not None:
+        return current.lease_expires_at  # its owner died: the lease ran out
+    return current.updated_at  # released (the row is not written again until someone owns it)
 
 
 def _state(current: Checkpoint | None, locked: bool, lag: int, held_back: int) -> str:

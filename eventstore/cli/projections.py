@@ -83,6 +83,7 @@ def projections_status(ctx: typer.Context, as_json: JsonOption = False) -> None:
                     "failed_position": item.failed_position,
                     "blocked_by": [dataclasses.asdict(blocker) for blocker in item.blocked_by],
                     "notify_queue_usage": item.notify_queue_usage,
+                    "unowned_since": item.unowned_since.isoformat() if item.unowned_since else None,
                 }
                 for item in statuses
             ]

@@ -200,9 +200,10 @@ def why(status: admin.ProjectionStatus, failure: admin.ProjectionFailure | None,
         others = f" (and {len(status.blocked_by) - 1} more)" if len(status.blocked_by) > 1 else ""
         return f"held back{since} by {_e(first.describe())}{others}", "warning"
     if status.state == "stopped":
+        since = f" since {_clock(status.unowned_since)} UTC" if status.unowned_since is not None else ""
         if status.lag_events:
-            return f"no runner owns it ({_events(status.lag_events)} behind)", "problem"
-        return "caught up (no runner owns it)", "ok"
+            return f"no runner owns it{since} ({_events(status.lag_events)} behind)", "problem"
+        return f"caught up (no runner owns it{since})", "ok"
     if status.lag_events == 0:
         return "caught up", "ok"
     verb = "rebuilding" if status.state == "rebuilding" else "catching up"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,8 @@ def test_run_until_caught_up_then_status_shows_no_lag(pcli: Invoke, store: Event
     head = store.head_position()
     assert by_name["cli_stream_counts"]["position"] == head
     assert by_name["cli_stream_counts"]["lag_events"] == 0
+    assert by_name["cli_stream_counts"]["owner"] is None  # released when the catch-up ended, and since when:
+    assert datetime.fromisoformat(by_name["cli_stream_counts"]["unowned_since"]) <= datetime.now(UTC)
     assert by_name["cli_totals"]["position"] in (0, None)
     assert "cli_stream_counts" in pcli("projections", "status").stdout
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from eventstore.runner.ownership import LeaseLost
 from eventstore.runner.poison import apply_policy
 from eventstore.runner.session import ProjectionSession
 from eventstore.runner.settings import RunnerSettings
+from eventstore.web.dashboard import why
 from projections import Ledger, ledger_positions
 from tests.runner.runner_helpers import FAST, append_many, running, wait_for
 
@@ -54,6 +56,10 @@ def test_an_owner_whose_lease_was_taken_over_cannot_commit(store: EventStore, en
     assert len(_applied(engine)) == 50
 
     _expire(engine, "ledger")  # the first owner stalled past its lease...
+    expired = admin.projection_status(store, ["ledger"])[0]
+    with engine.connect() as connection:
+        stored = checkpoints.load(connection, "ledger")
+    assert stored is not None and expired.owner is None and expired.unowned_since == stored.lease_expires_at
     second = _session(engine, store, "second:2")  # ...and a standby took over
     assert second is not None and second.lease.token == first.lease.token + 1
 
@@ -123,13 +129,18 @@ def test_a_stopped_runner_frees_its_projections_at_once(store: EventStore, engin
     with running(runner):
         wait_for(lambda: runner.active_projections() == ["ledger"], what="the runner owning the ledger")
         status = admin.projection_status(store, ["ledger"])[0]
-        assert status.owner == runner.owner and status.state == "idle"
+        assert status.owner == runner.owner and status.state == "idle" and status.unowned_since is None
         with pytest.raises(ProjectionBusy, match=runner.owner):
             admin.reset(store, Ledger())
         with pytest.raises(ProjectionBusy, match=runner.owner):
             admin.rebuild(store, Ledger())
     status = admin.projection_status(store, ["ledger"])[0]
     assert (status.owner, status.state) == (None, "stopped")  # not after 60 s: released on stop
+    assert status.unowned_since is not None
+    assert why(status, None, datetime.now(UTC)) == (
+        f"caught up (no runner owns it since {status.unowned_since.astimezone(UTC):%H:%M:%S} UTC)",
+        "ok",
+    )
     admin.rebuild(store, Ledger())  # free now
     with engine.connect() as connection:
         current = checkpoints.load(connection, "ledger")
