@@ -1,13 +1,27 @@
-"""``GET /api/events`` (server-sent events) against a real uvicorn and PostgreSQL: messages, resume, heartbeats."""
+"""``GET /api/events`` (server-sent events) against a real uvicorn and PostgreSQL: messages, resume, heartbeats.
+
+The encoding tests need no server: the shared, pre-framed messages against the per-client ones they replaced.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
+from sse_starlette import ServerSentEvent
+from typer.testing import CliRunner
+
+from eventstore import EventStore, NewEvent
+from eventstore.cli import app as cli_app
+from eventstore.types import event_record
+from eventstore.web.sse import Frames, encode_event
 
 if TYPE_CHECKING:
     from tests.web.conftest import WebServer
@@ -105,3 +119,134 @@ def test_bad_parameters_are_422_before_the_stream_starts(web: WebServer) -> None
         response = httpx.get(f"{web.base_url}/api/events{query}", headers=headers, timeout=TIMEOUT)
         assert response.status_code == 422, response.text
         assert words in response.json()["error"]
+
+
+# -- the shared, pre-framed encoding ----------------------------------------------------------
+
+
+def recorded(position: int, event_type: str, data: dict[str, Any], metadata: dict[str, Any] | None = None) -> Any:
+    from eventstore.types import RecordedEvent
+
+    return RecordedEvent(
+        event_id=uuid.UUID(int=position),
+        stream_id=f"order-{position}",
+        stream_version=position,
+        type=event_type,
+        data=data,
+        metadata=metadata or {},
+        global_position=position,
+        recorded_at=datetime(2026, 12, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=1))),
+    )
+
+
+SAMPLES = [
+    recorded(1, "OrderPlaced", {"amount": 10}),
+    recorded(2, "Ümlaut·Typ", {"text": "line 1\nline 2\r\nline 3\rend", "quote": '"', "emoji": "🙂"}),
+    recorded(3, "Separators", {"u2028": "a\u2028b\u2029c", "nested": {"list": [1, 2.5, None, True]}}, {"by": "ü"}),
+    recorded(2**62, "Big", {}),
+]
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda event: event.type)
+def test_the_shared_encoding_is_byte_identical_to_the_per_client_one_it_replaced(event: Any) -> None:
+    # What eventstore/web/sse.py sent per client before (sse-starlette's message of the JSON record).
+    before = ServerSentEvent(
+        json.dumps(event_record(event), ensure_ascii=False, separators=(",", ":")),
+        event=event.type,
+        id=str(event.global_position),
+    ).encode()
+    assert encode_event(event) == before
+    frames = Frames(size=2)
+    assert frames.join([event]) == before
+    assert frames.join(SAMPLES) == b"".join(encode_event(sample) for sample in SAMPLES)
+
+
+def test_frames_encode_each_position_once_and_hold_a_bounded_number() -> None:
+    frames = Frames(size=3)
+    for _ in range(5):
+        frames.join(SAMPLES[:3])
+    assert frames.encoded == 3
+    frames.join(SAMPLES[3:])  # the oldest goes out
+    frames.join(SAMPLES[:1])
+    assert frames.encoded == 5
+
+
+def test_data_is_what_eventstore_read_json_prints(web: WebServer, database_url: str) -> None:
+    append(web, "order-9", "OrderPlaced", amount=10, text="zwei\nZeilen", name="Ünal")
+    append(web, "order-9", "OrderPaid", amount=10.5, paid=True, note=None)
+    printed = CliRunner().invoke(cli_app, ["--url", database_url, "read", "order-9", "--json"])
+    assert printed.exit_code == 0, printed.output
+    with open_events(web, "?after=0") as messages:
+        received = events(messages, 2)
+    assert [json.loads(message["data"]) for message in received] == json.loads(printed.stdout)
+
+
+def app_state(web: WebServer) -> Any:
+    """The state of the app under test (``create_app``'s Starlette app)."""
+    assert web.server is not None
+    app: Any = web.server.config.app
+    return app.state
+
+
+def test_one_event_is_encoded_once_for_every_connected_client(web: WebServer) -> None:
+    positions = [append(web, "order-1", "OrderPlaced", n=n) for n in range(3)]
+    with ExitStack() as stack:
+        clients = [stack.enter_context(open_events(web, "?after=0")) for _ in range(5)]
+        for messages in clients:  # history: the clients catch up on their own, sharing the encoded messages
+            assert [int(message["id"]) for message in events(messages, 3)] == positions
+        positions.append(append(web, "order-1", "OrderPlaced", n=3))
+        for messages in clients:  # live: one shared read, one encoding
+            assert [int(message["id"]) for message in events(messages, 1)] == positions[3:]
+    assert app_state(web).event_streams.frames.encoded == 4
+
+
+def test_several_pending_events_arrive_complete_and_in_order(web: WebServer, store: EventStore) -> None:
+    for first in range(0, 1_200, 100):  # more than one write's worth (MAX_EVENTS_PER_WRITE)
+        store.append(f"order-{first}", [NewEvent("OrderPlaced", {"n": n}) for n in range(first, first + 100)])
+    positions = [event.global_position for event in store.read_all()]
+    with open_events(web, "?after=0") as messages:
+        received = events(messages, 1_200)
+    assert [int(message["id"]) for message in received] == positions
+    assert [json.loads(message["data"])["data"]["n"] for message in received] == list(range(1_200))
+
+
+def test_a_client_that_goes_away_releases_its_subscription(web: WebServer) -> None:
+    state = app_state(web)
+    with open_events(web) as messages:
+        append(web, "order-1", "OrderPlaced")
+        assert len(events(messages, 1)) == 1
+        hub = state.store._subscriptions
+        assert len(hub.subscriptions) == 1
+    wait_until(lambda: not hub.subscriptions and state.event_streams.open == 0, "the subscription to end")
+    assert hub.live == set()
+
+
+def test_head_answers_the_headers_without_a_stream(web: WebServer) -> None:
+    response = httpx.head(f"{web.base_url}/api/events", timeout=TIMEOUT)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-accel-buffering"] == "no"
+    wait_until(lambda: not app_state(web).store._subscriptions.subscriptions, "the subscription to end")
+
+
+def test_a_busy_stream_still_gets_its_heartbeats(serve_web: Callable[..., WebServer]) -> None:
+    web = serve_web(heartbeat_seconds=0.2)
+    with open_events(web) as messages:
+        comments = 0
+        for message in messages:
+            if "comment" in message:
+                comments += 1
+                if comments == 3:
+                    break
+            append(web, "order-1", "OrderPlaced")  # an event per message: the stream is never idle
+        assert comments == 3
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait on a condition of the server's state, read from the test's thread (plain attributes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
