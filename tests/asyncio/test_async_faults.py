@@ -287,3 +287,26 @@ def test_wait_until_processed_times_out_with_projection_timeout_while_the_server
     assert isinstance(error, ProjectionTimeout), error
     assert f"did not process position {result.global_position} within 3" in str(error)
     controlled_server.local.ensure_running()
+
+
+def test_a_connection_given_back_inside_a_statement_has_the_statement_cancelled_before_it_is_closed(
+    loop: Loop, make_store: Callable[..., AsyncEventStore], admin: psycopg.Connection[Any]
+) -> None:
+    """The fallback for a driver that does not cancel a cancelled task's statement itself (psycopg 3.3 does).
+
+    Closing the socket alone would leave the statement running on the server (PostgreSQL notices a gone
+    client only when it next talks to it): a blocked append would then commit after its caller gave up.
+    """
+    store = make_store()
+
+    async def leave_a_statement_running() -> None:
+        async with store._connections.connection() as connection:
+            connection.pgconn.send_query(b"SELECT pg_sleep(60)")
+
+    loop.run(leave_a_statement_running())
+    # Well within the 60 s the statement would otherwise run.
+    wait_for(
+        lambda: not [query for _, _, _, query in store_backends(admin) if "pg_sleep" in query],
+        "the statement to be cancelled on the server",
+    )
+    assert loop.run(store.append("order-1", [placed()])).stream_version == 1
