@@ -7,8 +7,16 @@ fragments. One sampler task per app (:class:`Dashboard`) takes a snapshot
 every second, or at once when the store wakes up (a ``subscribe(after="head")``
 subscription), while at least one page is open, and fans the fragments out
 to the pages' ``GET /dashboard/events`` streams through queues of one (a
-slow page only misses intermediate states). Rates and lag history are kept
-in memory, bounded (:data:`HISTORY_SAMPLES`).
+slow page only misses intermediate states). The plots' history is kept in
+memory, bounded, from the time the first page opens (:class:`History`):
+
+- events/s: the head's advance, in 5 s steps over the last five minutes;
+- per projection: its lag; its rate through the log and, while it rebuilds
+  or catches up, an ETA (what is left over the net speed, as the head moves
+  too); and "picked up after" (:class:`PickUp`): for each checkpoint move
+  the sampler sees, from the append of the event at the checkpoint to the
+  start of the batch that moved it there, both read from the database, so
+  right whichever process runs the projection.
 
 The page is server-rendered and swaps the fragments in with the vendored
 htmx and its SSE extension (``static/``, see ``static/NOTICE``): no build
@@ -28,10 +36,12 @@ token leaves the address bar) and carries the token in its own POSTs'
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import html
 import itertools
 import json
+import math
 import string
 import time
 from collections import deque
@@ -42,6 +52,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import sqlalchemy as sa
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -54,15 +65,25 @@ from eventstore.store.sql import FENCE
 from eventstore.store.stalls import format_duration
 from eventstore.web.errors import RequestError
 
-__all__ = ["Dashboard", "Snapshot", "render", "take_snapshot"]
+__all__ = ["Dashboard", "History", "PickUp", "Snapshot", "render", "take_snapshot"]
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 TEMPLATE = string.Template((HERE / "templates" / "dashboard.html").read_text(encoding="utf-8"))
 TOKEN_COOKIE = "eventstore_token"
 
-HISTORY_SAMPLES = 300
-"""Samples kept for the plots (one a second at most: five minutes)."""
+HISTORY_SECONDS = 300.0
+"""How far back the plots of the head and of each projection's lag go (five minutes)."""
+SAMPLE_SPACING = 1.0
+"""Kept samples are about this far apart (the sampler runs up to five times a second under appends)."""
+HISTORY_SAMPLES = int(HISTORY_SECONDS / SAMPLE_SPACING * 1.5)
+"""A bound on each series, whatever the spacing."""
+RATE_BUCKET_SECONDS = 5.0
+"""The events/s plot's step."""
+PROGRESS_WINDOW_SECONDS = 15.0
+"""A catching-up projection's rate (and so its ETA) is over this many seconds of its samples."""
+PICKUP_SAMPLES = 60
+"""Pick-up times kept per projection (one per checkpoint move the sampler saw)."""
 LOG_EVENTS = 15
 COUNTS_MIN_SECONDS = 2.0
 """The category and type counts scan the table: at most this often (less often when the scan is slow)."""
@@ -71,6 +92,12 @@ COUNTS_LIMIT = 20
 _RECENT = (
     "SELECT global_position, stream_id, event_type, recorded_at FROM events "  # noqa: S608 - constant
     f"WHERE transaction_order < {FENCE} ORDER BY transaction_order DESC, global_position DESC LIMIT {LOG_EVENTS}"
+)
+# The event at each checkpoint: when it was appended, and when the batch that moved the checkpoint there began.
+_PICKUPS = sa.text(
+    "SELECT c.projection_name AS name, c.global_position AS position, c.updated_at, e.recorded_at "
+    "FROM projection_checkpoints c LEFT JOIN events e ON e.global_position = c.global_position "
+    "WHERE c.projection_name = ANY(CAST(:names AS text[]))"
 )
 _COUNTS = "SELECT {column} AS name, count(*) AS n FROM events GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {limit}"
 
@@ -84,6 +111,32 @@ class RecentEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class PickUp:
+    """The event a checkpoint is at: when it was appended, and when the batch that moved the checkpoint there began.
+
+    Both are the database's ``now()``, the start of a transaction, on one clock:
+    ``recorded_at`` is the appending transaction's (the events column's default),
+    ``batch_started_at`` the checkpoint's ``updated_at``, set by the batch's first
+    statement (:data:`eventstore.runner.checkpoints._ADVANCE_FROM`) after the
+    runner read the events. Other writers of the row (a lease taken or
+    released, a failure recorded) also set ``updated_at``: :class:`History`
+    trusts it only when it saw the checkpoint move under a held lease.
+    """
+
+    position: int
+    batch_started_at: datetime
+    recorded_at: datetime | None
+    """None at position 0, or where the event is not readable (never expected: events are never deleted)."""
+
+    @property
+    def seconds(self) -> float | None:
+        """``batch_started_at - recorded_at`` in seconds (clamped at 0), or None."""
+        if self.recorded_at is None:
+            return None
+        return max(0.0, (self.batch_started_at - self.recorded_at).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the page shows at one moment (the one place that gathers it)."""
 
@@ -94,12 +147,14 @@ class Snapshot:
     recent: list[RecentEvent]
     categories: list[tuple[str, int]]
     event_types: list[tuple[str, int]]
+    pickups: dict[str, PickUp] = field(default_factory=dict)
+    """Each projection's :class:`PickUp`, by name (none for a projection without a checkpoint row)."""
 
 
 def take_snapshot(
     store: EventStore, projections: Sequence[Projection | str], counts: tuple[list[Any], list[Any]] | None = None
 ) -> Snapshot:
-    """Status, open failures, head, recent events and counts (``counts``: reuse these instead of scanning)."""
+    """Status, open failures, head, recent events, pick-ups and counts (``counts``: reuse these instead of scanning)."""
     statuses = admin.projection_status(store, projections) if projections else []
     failures = {}
     for status in statuses:
@@ -107,8 +162,12 @@ def take_snapshot(
             open_failures = admin.list_failures(store, status.name, open_only=True)
             if open_failures:
                 failures[status.name] = open_failures[-1]
+    pickups: dict[str, PickUp] = {}
     with store.engine.connect() as connection:
         recent = [RecentEvent(*row) for row in connection.exec_driver_sql(_RECENT).all()]
+        if statuses:
+            rows = connection.execute(_PICKUPS, {"names": [status.name for status in statuses]}).all()
+            pickups = {row.name: PickUp(int(row.position), row.updated_at, row.recorded_at) for row in rows}
         if counts is None:
             counts = (_counts(connection, "category"), _counts(connection, "event_type"))
     head = statuses[0].head if statuses else store.head_position()
@@ -120,6 +179,7 @@ def take_snapshot(
         recent=recent,
         categories=list(counts[0]),
         event_types=list(counts[1]),
+        pickups=pickups,
     )
 
 
@@ -128,29 +188,126 @@ def _counts(connection: Any, column: str) -> list[Any]:
     return [(row.name, int(row.n)) for row in rows]
 
 
+Sample = tuple[float, int]
+"""(monotonic time, value)."""
+
+
+def _push(samples: deque[Sample], now: float, value: int) -> None:
+    """Add a sample; samples stay about :data:`SAMPLE_SPACING` apart (the newest replaces the last until then)."""
+    if len(samples) >= 2 and now - samples[-2][0] < SAMPLE_SPACING:
+        samples[-1] = (now, value)
+    else:
+        samples.append((now, value))
+    while samples[0][0] < now - HISTORY_SECONDS - RATE_BUCKET_SECONDS:
+        samples.popleft()
+
+
+def _at(samples: Sequence[Sample], times: Sequence[float], moment: float) -> int:
+    """The value of the last sample at or before ``moment`` (the first one before them all)."""
+    return samples[max(bisect.bisect_right(times, moment) - 1, 0)][1]
+
+
 @dataclass
 class History:
-    """Bounded samples for the plots: (monotonic time, head) and each projection's (time, lag in events)."""
+    """What the plots and rates need, in memory and bounded, from the snapshots the sampler took.
 
-    heads: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=HISTORY_SAMPLES))
-    lags: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
+    Per series, samples about a second apart over :data:`HISTORY_SECONDS` (at most
+    :data:`HISTORY_SAMPLES`): the head, and each projection's lag and position; and
+    each projection's last :data:`PICKUP_SAMPLES` pick-up times (:class:`PickUp`).
+    It starts empty when the app's first page opens.
+    """
+
+    heads: deque[Sample] = field(default_factory=lambda: deque(maxlen=HISTORY_SAMPLES))
+    lags: dict[str, deque[Sample]] = field(default_factory=dict)
+    positions: dict[str, deque[Sample]] = field(default_factory=dict)
+    pickups: dict[str, deque[tuple[datetime, float]]] = field(default_factory=dict)
+    """Per projection, (batch started at, seconds) for each checkpoint move seen, oldest first."""
+    wall_offset: float = 0.0
+    """Wall clock minus monotonic clock at the last sample: labels the plots' times."""
+    _seen: dict[str, int] = field(default_factory=dict)
 
     def add(self, snapshot: Snapshot, now: float) -> None:
-        self.heads.append((now, snapshot.head))
+        """Add a snapshot taken at monotonic time ``now``."""
+        self.wall_offset = snapshot.taken_at.timestamp() - now
+        _push(self.heads, now, snapshot.head)
         for status in snapshot.statuses:
-            self.lags.setdefault(status.name, deque(maxlen=HISTORY_SAMPLES)).append((now, status.lag_events))
+            _push(self.lags.setdefault(status.name, deque(maxlen=HISTORY_SAMPLES)), now, status.lag_events)
+            positions = self.positions.setdefault(status.name, deque(maxlen=HISTORY_SAMPLES))
+            if positions and status.position < positions[-1][1]:
+                positions.clear()  # moved back (a rebuild or a reset): no rate spans that
+            _push(positions, now, status.position)
+            self._note_pickup(status, snapshot.pickups.get(status.name))
 
-    def rates(self) -> list[float]:
-        """Events per second between consecutive samples (head advance; rolled-back appends leave gaps)."""
+    def _note_pickup(self, status: admin.ProjectionStatus, pickup: PickUp | None) -> None:
+        # Trust updated_at only when the checkpoint moved since the last snapshot under a held lease
+        # (a lease taken or released, or a failure, sets it too) and not in a rebuild (old events: no wake-up).
+        if pickup is None:
+            return
+        before, self._seen[status.name] = self._seen.get(status.name), pickup.position
+        if before is None or pickup.position <= before or pickup.seconds is None:
+            return
+        if status.owner is None or status.state in ("failed", "stopped", "rebuilding"):
+            return
+        samples = self.pickups.setdefault(status.name, deque(maxlen=PICKUP_SAMPLES))
+        samples.append((pickup.batch_started_at, pickup.seconds))
+
+    def wall(self, moment: float) -> datetime:
+        """The UTC time of monotonic time ``moment``."""
+        return datetime.fromtimestamp(moment + self.wall_offset, UTC)
+
+    def rate_buckets(self, bucket: float = RATE_BUCKET_SECONDS) -> list[float]:
+        """Events per second in whole ``bucket``-second steps ending at the last sample, oldest first.
+
+        From the head's advance (an append rolled back leaves a gap in the
+        positions, counted too); empty until the samples span one bucket.
+        """
+        if len(self.heads) < 2:
+            return []
         samples = list(self.heads)
-        return [max(0, h2 - h1) / max(t2 - t1, 1e-3) for (t1, h1), (t2, h2) in itertools.pairwise(samples)]
+        times = [t for t, _ in samples]
+        end = times[-1]
+        count = int((end - max(times[0], end - HISTORY_SECONDS)) // bucket)
+        edges = [end - (count - i) * bucket for i in range(count + 1)]
+        values = [_at(samples, times, edge) for edge in edges]
+        return [max(0, v2 - v1) / bucket for v1, v2 in itertools.pairwise(values)]
 
     def rate(self, seconds: float = 60.0) -> float:
-        if len(self.heads) < 2:
-            return 0.0
-        end_time, end_head = self.heads[-1]
-        start_time, start_head = next(((t, h) for t, h in self.heads if t >= end_time - seconds), self.heads[0])
-        return max(0, end_head - start_head) / max(end_time - start_time, 1e-3)
+        """The head's events per second over the last ``seconds`` (0 with fewer than two samples)."""
+        return _rate_over(self.heads, seconds) or 0.0
+
+    def progress_rates(self, name: str, seconds: float = PROGRESS_WINDOW_SECONDS) -> tuple[float, float] | None:
+        """(positions per second of ``name``'s checkpoint, the head's events per second), over the same window.
+
+        The window is the last ``seconds`` of its samples since its checkpoint last moved back;
+        None while that spans less than a second.
+        """
+        positions = list(self.positions.get(name, ()))
+        span = _window(positions, seconds)
+        if span is None:
+            return None
+        (start, first), (end, last) = span
+        heads = list(self.heads)
+        times = [t for t, _ in heads]
+        head_advance = _at(heads, times, end) - _at(heads, times, start)
+        return max(0, last - first) / (end - start), max(0, head_advance) / (end - start)
+
+
+def _window(samples: Sequence[Sample], seconds: float) -> tuple[Sample, Sample] | None:
+    """The first sample within ``seconds`` of the last, and the last; None unless they are a second apart."""
+    if len(samples) < 2:
+        return None
+    end = samples[-1]
+    start = next(sample for sample in samples if sample[0] >= end[0] - seconds)
+    return (start, end) if end[0] - start[0] >= 1.0 else None
+
+
+def _rate_over(samples: Sequence[Sample], seconds: float) -> float | None:
+    """Advance per second over the last ``seconds`` of ``samples`` (see :func:`_window`)."""
+    span = _window(samples, seconds)
+    if span is None:
+        return None
+    (start, first), (end, last) = span
+    return max(0, last - first) / (end - start)
 
 
 # -- rendering -----------------------------------------------------------------------------------------------
@@ -161,7 +318,7 @@ def _e(value: object) -> str:
 
 
 def plot(values: Sequence[float], *, width: int = 180, height: int = 36, label: str = "") -> str:
-    """A small inline SVG line plot of ``values`` (oldest first), scaled to its maximum."""
+    """A small inline SVG line plot of ``values`` (oldest first), scaled to its maximum; ``label`` is its tooltip."""
     if len(values) < 2:
         values = [values[0], values[0]] if values else [0.0, 0.0]
     top = max(max(values), 1e-9)
@@ -169,7 +326,7 @@ def plot(values: Sequence[float], *, width: int = 180, height: int = 36, label: 
     points = " ".join(f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}" for i, v in enumerate(values))
     return (
         f'<svg class="plot" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{_e(label)}"><polyline points="{points}"/></svg>'
+        f'aria-label="{_e(label)}"><title>{_e(label)}</title><polyline points="{points}"/></svg>'
     )
 
 
@@ -179,6 +336,79 @@ def _clock(moment: datetime) -> str:
 
 def _events(count: int) -> str:
     return f"{count} event" if count == 1 else f"{count} events"
+
+
+def rate_text(per_second: float) -> str:
+    """``4,100 events/s``; one decimal under 10 (``2.5 events/s``)."""
+    return f"{per_second:.1f} events/s" if per_second < 10 else f"{per_second:,.0f} events/s"
+
+
+def seconds_text(seconds: float) -> str:
+    """``12 ms`` under a second, ``3.4 s`` under two minutes, then :func:`format_duration` (``17 min``)."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return format_duration(seconds)
+
+
+def eta(position: int, head: int, rates: tuple[float, float] | None) -> str:
+    """How long until a checkpoint at ``position`` reaches ``head``, in words: ``about 2 min left at 4,100 events/s``.
+
+    ``rates`` is (the checkpoint's positions per second, the events per second
+    appended meanwhile), see :meth:`History.progress_rates`. What is left is
+    divided by the net speed, as the head moves too. Starts with "—" when the
+    rate is unknown or zero, or appends arrive as fast as it applies.
+    """
+    if rates is None:
+        return "— (measuring its rate)"
+    rate, appended = rates
+    if rate <= 0:
+        return f"— (no progress in the last {PROGRESS_WINDOW_SECONDS:.0f} s)"
+    closing = rate - appended
+    if closing <= 0:
+        return f"— at {rate_text(rate)}: events arrive as fast ({rate_text(appended)})"
+    left = max(0, head - position) / closing
+    when = "under a second" if left < 1 else f"about {format_duration(left)}"
+    return f"{when} left at {rate_text(rate)}"
+
+
+def progress(status: admin.ProjectionStatus, history: History) -> str:
+    """A rebuilding or catching-up projection's progress (HTML): position of head, %, rate and ETA; else "".
+
+    Catching up means running with its oldest unapplied event over a second
+    old (so a live projection a batch behind does not flicker).
+    """
+    catching_up = status.state == "running" and status.lag_events > 0 and status.lag_seconds >= 1.0
+    if status.state != "rebuilding" and not catching_up:
+        return ""
+    done = min(status.position / status.head, 1.0) if status.head else 0.0
+    rates = history.progress_rates(status.name)
+    left = eta(status.position, status.head, rates)
+    text = f"{status.position:,} of {status.head:,} ({math.floor(done * 100)}%), {left}"
+    return f'<div class="progress"><progress max="1" value="{done:.4f}"></progress> {_e(text)}</div>'
+
+
+PICKUP_TITLE = (
+    "picked up after: from the append (events.recorded_at, its transaction's start) to the start of the batch "
+    "that moved the checkpoint to that event (the checkpoint's updated_at), both on the database's clock; "
+    "the handlers and the batch's commit come after. One value per checkpoint move the dashboard saw "
+    "under a runner, rebuilds left out."
+)
+
+
+def pickup_cell(samples: Sequence[tuple[datetime, float]]) -> str:
+    """The "picked up after" cell: the latest value, a plot of the recent ones, the batch's time (UTC)."""
+    if not samples:
+        return f'<td class="pickup muted" title="{_e(PICKUP_TITLE)}">—</td>'
+    moment, seconds = samples[-1]
+    values = [value for _, value in samples]
+    label = f"picked up after, last {len(values)} batches seen, peak {seconds_text(max(values))}"
+    return (
+        f'<td class="pickup" title="{_e(PICKUP_TITLE)}"><b>{seconds_text(seconds)}</b> '
+        f"{plot(values, width=100, height=24, label=label)}"
+        f'<div class="muted">batch at {_clock(moment)} UTC</div></td>'
+    )
 
 
 def why(status: admin.ProjectionStatus, failure: admin.ProjectionFailure | None, now: datetime) -> tuple[str, str]:
@@ -219,13 +449,23 @@ def render_store(snapshot: Snapshot, history: History) -> str:
             f'<table><thead><tr><th>{title}</th><th class="n">events</th></tr></thead>'
             f"<tbody>{body or '<tr><td class=muted colspan=2>none yet</td></tr>'}</tbody></table>"
         )
-    rates = history.rates()
+    buckets = history.rate_buckets()
+    step = f"{RATE_BUCKET_SECONDS:.0f} s"
+    if buckets:
+        end = history.heads[-1][0]
+        start = end - len(buckets) * RATE_BUCKET_SECONDS
+        caption = (
+            f"events/s every {step}, {_clock(history.wall(start))} to {_clock(history.wall(end))} UTC, "
+            f"peak {rate_text(max(buckets))}"
+        )
+    else:
+        caption = f"events/s every {step}: the first {step} are being measured"
     return (
         "<h2>Store</h2><div class=figures>"
         f'<div class=figure>head position<b id="head">{snapshot.head}</b></div>'
         f'<div class=figure>events/s (last minute)<b id="rate">{history.rate():.1f}</b></div>'
-        f"<div class=figure>{plot(rates, width=320, height=48, label='events per second')}"
-        f"<div class=muted>events/s, last {len(rates)} samples</div></div></div>"
+        f"<div class=figure>{plot(buckets, width=320, height=48, label=caption)}"
+        f'<div class=muted id="rate-plot">{_e(caption)}</div></div></div>'
         f"<div class=counts>{''.join(rows)}</div>"
     )
 
@@ -250,6 +490,7 @@ def render_projections(snapshot: Snapshot, history: History, base: str) -> str:
         if status.notify_queue_usage >= 0.01:
             queue = f"<div class=warning>NOTIFY queue {status.notify_queue_usage:.0%} full</div>"
         state_class = "state-" + status.state.replace(" ", "-")
+        lag_label = f"lag of {status.name}, last {len(lags)} s, peak {max(lags, default=0):.0f} events"
         rows.append(
             f'<tr data-projection="{_e(status.name)}"><td><b>{_e(status.name)}</b></td>'
             f'<td><span class="state {state_class}">{_e(status.state)}</span></td>'
@@ -257,13 +498,16 @@ def render_projections(snapshot: Snapshot, history: History, base: str) -> str:
             f'<td class="n">{status.position}</td>'
             f'<td class="n">{status.lag_events}</td>'
             f'<td class="n">{status.lag_seconds:.1f}</td>'
-            f"<td>{plot(lags, label=f'lag of {status.name}')}</td>"
-            f'<td class="why-cell"><div class="why {kind}">{text}</div>{buttons}{queue}</td></tr>'
+            f"<td>{plot(lags, label=lag_label)}</td>"
+            f"{pickup_cell(history.pickups.get(status.name, ()))}"
+            f'<td class="why-cell"><div class="why {kind}">{text}</div>{progress(status, history)}'
+            f"{buttons}{queue}</td></tr>"
         )
     return (
         "<h2>Projections</h2><table><thead><tr><th>name</th><th>state</th><th>owner</th>"
         '<th class="n">position</th><th class="n">lag (events)</th><th class="n">lag (s)</th>'
-        f"<th>lag history</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f'<th>lag history</th><th title="{_e(PICKUP_TITLE)}">picked up after</th><th>why</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
 
