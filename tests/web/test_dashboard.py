@@ -1,9 +1,11 @@
 """The dashboard at ``/`` end to end: a real uvicorn, a real database, the page in real headless Chromium.
 
 Chromium is Debian's (``apt-get install chromium``), driven by the
-``playwright`` package (never ``playwright install``), with a fresh profile
-and the flags that keep it from connecting anywhere but the server under
-test. Every wait is on a condition in the page, never a sleep.
+``playwright`` package (never ``playwright install``), with the flags that
+keep it from connecting anywhere but the server under test: one browser for
+the module (its start-up is most of a test's time on 2 cores), a fresh
+context (profile, cookies, cache) for each test. Every wait is on a
+condition in the page, never a sleep.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,9 @@ import httpx
 import psycopg
 import pytest
 
-from eventstore import EventStore, NewEvent, ProjectionRunner
+from eventstore import EventStore, NewEvent, ProjectionRunner, admin
 from projections import Ledger
-from tests.runner.runner_helpers import running
+from tests.runner.runner_helpers import append_many, running
 from tests.web.conftest import WebServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,46 +42,50 @@ SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT")
 TOKEN = "dashboard-test-token"
 
 
-@contextlib.contextmanager
-def browser_page(tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
-    """A page in a fresh headless Chromium profile, and the console errors and page errors it reports."""
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for this module's tests (each gets a fresh context: its own profile, cookies, cache)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("the playwright package is missing: pip install playwright (no browser download needed)")
     from playwright.sync_api import sync_playwright
 
-    problems: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-
-            def on_console(message: Any) -> None:
-                if message.type == "error":
-                    problems.append(message.text)
-
-            page.on("console", on_console)
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            yield page, problems
+            yield browser
         finally:
             browser.close()
 
 
+@contextlib.contextmanager
+def browser_page(browser: Any) -> Iterator[tuple[Any, list[str]]]:
+    """A page in a fresh context of ``browser``, and the console errors and page errors it reports."""
+    problems: list[str] = []
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+
+        def on_console(message: Any) -> None:
+            if message.type == "error":
+                problems.append(message.text)
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        yield page, problems
+    finally:
+        context.close()
+
+
 def test_the_page_follows_appends_without_a_reload(
-    serve_web: Callable[..., WebServer], store: EventStore, tmp_path: Path
+    serve_web: Callable[..., WebServer], store: EventStore, chromium: Any
 ) -> None:
     from playwright.sync_api import expect
 
     store.append("order-1", [NewEvent("OrderPlaced", {"total": 1})])
     web = serve_web(projections=[Ledger("audit")], heartbeat_seconds=1)
-    with browser_page(tmp_path) as (page, problems):
+    with browser_page(chromium) as (page, problems):
         page.goto(f"{web.base_url}/")
         expect(page.locator("#connection")).to_have_text("live")
         expect(page.locator("#head")).to_have_text("1")
@@ -95,7 +102,7 @@ def test_the_page_follows_appends_without_a_reload(
 
 
 def test_a_poison_event_shows_its_reason_and_retry_catches_up(
-    serve_web: Callable[..., WebServer], store: EventStore, tmp_path: Path
+    serve_web: Callable[..., WebServer], store: EventStore, chromium: Any
 ) -> None:
     """With a token: the page gets it once from ?token=, and its Retry button's POST carries it."""
     from playwright.sync_api import expect
@@ -119,7 +126,7 @@ def test_a_poison_event_shows_its_reason_and_retry_catches_up(
         assert no_htmx.status_code == 403
 
     runner = ProjectionRunner(store, [billing, audit], poll_interval=2)
-    with browser_page(tmp_path) as (page, problems), running(runner):
+    with browser_page(chromium) as (page, problems), running(runner):
         page.goto(f"{web.base_url}/?token={TOKEN}")
         assert page.url == f"{web.base_url}/"  # the token left the address bar
         expect(page.locator("#connection")).to_have_text("live")
@@ -143,12 +150,12 @@ def test_a_stall_names_the_blocking_session(
     serve_web: Callable[..., WebServer],
     store: EventStore,
     blocker: psycopg.Connection[tuple[object, ...]],
-    tmp_path: Path,
+    chromium: Any,
 ) -> None:
     from playwright.sync_api import expect
 
     web = serve_web(projections=[Ledger("stalled")], heartbeat_seconds=1)
-    with browser_page(tmp_path) as (page, problems):
+    with browser_page(chromium) as (page, problems):
         page.goto(f"{web.base_url}/")
         expect(page.locator("#connection")).to_have_text("live")
         store.append("order-1", [NewEvent("OrderPlaced", {"total": 1})])  # committed after the blocker began
@@ -161,4 +168,55 @@ def test_a_stall_names_the_blocking_session(
         )
         blocker.rollback()
         expect(row).to_contain_text("no runner owns it (1 event behind)")
+    assert problems == [], problems
+
+
+def test_picked_up_after_and_a_rebuilds_eta_appear_live(
+    serve_web: Callable[..., WebServer], store: EventStore, chromium: Any
+) -> None:
+    """A runner applies an append: "picked up after" shows; a slow rebuild: its progress, rate and ETA show."""
+    from playwright.sync_api import expect
+
+    live = Ledger("live")
+    slow = Ledger("slow", delay=0.02)  # 300 events: about 6 s, stopped once its ETA shows
+    append_many(store, "order", 300)
+    ProjectionRunner(store, [live]).run_until_caught_up()
+    web = serve_web(projections=[live, slow], heartbeat_seconds=1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def rebuild() -> None:
+        try:
+            admin.rebuild(store, slow, stop_event=stop, batch_size=10)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    rebuilder = threading.Thread(target=rebuild, name="test-rebuild", daemon=True)
+    with browser_page(chromium) as (page, problems), running(ProjectionRunner(store, [live], poll_interval=5)):
+        page.goto(f"{web.base_url}/")
+        expect(page.locator("#connection")).to_have_text("live")
+        live_row = page.locator('[data-projection="live"]')
+        expect(live_row).to_contain_text("idle")
+        expect(live_row.locator("td.pickup")).to_have_text("—")  # no batch seen yet
+
+        store.append("order-live", [NewEvent("OrderPlaced", {"total": 1})])
+        expect(live_row.locator("td.pickup b")).to_have_text(re.compile(r"^(\d+ ms|\d+\.\d s)$"))
+        expect(live_row.locator("td.pickup")).to_contain_text(re.compile(r"batch at \d\d:\d\d:\d\d UTC"))
+
+        rebuilder.start()
+        try:
+            slow_row = page.locator('[data-projection="slow"]')
+            expect(slow_row.locator(".state")).to_have_text("rebuilding")
+            expect(slow_row.locator(".progress")).to_contain_text(
+                re.compile(r"\d+ of 301 \(\d+%\), (about \d+ (s|min)|under a second) left at [\d.,]+ events/s"),
+                timeout=10_000,
+            )
+        finally:
+            stop.set()
+            rebuilder.join(15)
+        expect(page.locator("#rate-plot")).to_contain_text(
+            re.compile(r"events/s every 5 s, \d\d:\d\d:\d\d to \d\d:\d\d:\d\d UTC, peak [\d.,]+ events/s")
+        )
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # never reloaded
+    assert not rebuilder.is_alive() and not errors, errors
     assert problems == [], problems
