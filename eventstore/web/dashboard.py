@@ -225,6 +225,7 @@ class History:
     wall_offset: float = 0.0
     """Wall clock minus monotonic clock at the last sample: labels the plots' times."""
     _seen: dict[str, int] = field(default_factory=dict)
+    _states: dict[str, str] = field(default_factory=dict)
 
     def add(self, snapshot: Snapshot, now: float) -> None:
         """Add a snapshot taken at monotonic time ``now``."""
@@ -233,8 +234,10 @@ class History:
         for status in snapshot.statuses:
             _push(self.lags.setdefault(status.name, deque(maxlen=HISTORY_SAMPLES)), now, status.lag_events)
             positions = self.positions.setdefault(status.name, deque(maxlen=HISTORY_SAMPLES))
-            if positions and status.position < positions[-1][1]:
-                positions.clear()  # moved back (a rebuild or a reset): no rate spans that
+            before, self._states[status.name] = self._states.get(status.name), status.state
+            if positions and (status.position < positions[-1][1] or status.state != before):
+                # Moved back (a rebuild or a reset), or began a rebuild or a catch-up: its rate starts now.
+                positions.clear()
             _push(positions, now, status.position)
             self._note_pickup(status, snapshot.pickups.get(status.name))
 
@@ -278,8 +281,8 @@ class History:
     def progress_rates(self, name: str, seconds: float = PROGRESS_WINDOW_SECONDS) -> tuple[float, float] | None:
         """(positions per second of ``name``'s checkpoint, the head's events per second), over the same window.
 
-        The window is the last ``seconds`` of its samples since its checkpoint last moved back;
-        None while that spans less than a second.
+        The window is the last ``seconds`` of its samples since its checkpoint last moved back or
+        its state last changed (a rebuild or a catch-up began); None while that spans less than a second.
         """
         positions = list(self.positions.get(name, ()))
         span = _window(positions, seconds)
@@ -459,7 +462,7 @@ def render_store(snapshot: Snapshot, history: History) -> str:
             f"peak {rate_text(max(buckets))}"
         )
     else:
-        caption = f"events/s every {step}: the first {step} are being measured"
+        caption = f"events/s every {step}: measuring (from when the first page opened)"
     return (
         "<h2>Store</h2><div class=figures>"
         f'<div class=figure>head position<b id="head">{snapshot.head}</b></div>'
