@@ -41,6 +41,7 @@ from eventstore.errors import ProjectionBusy, ProjectionError
 from eventstore.projection import Projection
 from eventstore.runner import checkpoints, ownership
 from eventstore.runner.checkpoints import Checkpoint, Cursor, StaleCheckpoint, cursor_of
+from eventstore.runner.deferred import DeferredWrites
 from eventstore.runner.ownership import Lease, LeaseLost
 from eventstore.runner.poison import HandlerFailed, apply_policy, describe, guarded
 from eventstore.runner.settings import RunnerSettings
@@ -379,9 +380,25 @@ class ProjectionSession:
         )
 
     def _apply_in(self, connection: Connection, events: list[RecordedEvent]) -> None:
-        """Run the handlers: one apply_batch call if overridden, else per event (to know which one failed)."""
+        """Run the handlers: one apply_batch call if overridden, else per event (to know which one failed).
+
+        Per-event handlers of a batch of several events write through :class:`DeferredWrites` (unless
+        ``defer_writes=False``): a failed flush may be an earlier event's statement, so it fails the batch
+        as a whole (index None) and :meth:`_apply` halves it; a batch of one runs on the plain connection.
+        """
         if type(self.projection).apply_batch is not Projection.apply_batch:
             guarded(connection, None, functools.partial(self.projection.apply_batch, events, connection))
             return
+        if len(events) <= 1 or not self.settings.defer_writes:
+            for index, event in enumerate(events):
+                guarded(connection, index, functools.partial(self.projection.apply, event, connection))
+            return
+        writes = DeferredWrites(connection)
         for index, event in enumerate(events):
-            guarded(connection, index, functools.partial(self.projection.apply, event, connection))
+            try:
+                guarded(connection, index, functools.partial(self.projection.apply, event, writes.connection))
+            except HandlerFailed as failure:
+                if writes.failed is not None:
+                    raise HandlerFailed(None, failure.error) from failure.error
+                raise
+        guarded(connection, None, writes.finish)

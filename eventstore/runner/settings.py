@@ -35,6 +35,9 @@ class RunnerSettings:
     liveness_interval: float = 5.0
     stall_warning_after: float = 30.0
     """Log a WARNING naming the blocking transaction once events have been held back this long."""
+    defer_writes: bool = True
+    """Per-event handlers of a batch of several events get a connection that sends their writes many at a
+    time (:mod:`eventstore.runner.deferred`); False runs each statement as it is issued."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
