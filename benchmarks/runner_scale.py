@@ -1,7 +1,8 @@
 """Measurement 7: what one runner costs with 1 and with 50 projections (issue 11's connection budget).
 
 ``python -m benchmarks.runner_scale [--quick] [--out DIR] [-v]`` runs only this
-measurement (as ``python -m benchmarks --only runner_scale``).
+measurement (as ``python -m benchmarks --only runner_scale``); ``python -m
+benchmarks --quick`` leaves it out unless ``--only`` names it (it takes 30-50 s).
 
 For N in (1, 50), in a fresh database of the run's server, the parent starts
 ONE runner process (``python -m benchmarks.runner_scale --child URL N``: a
@@ -29,13 +30,16 @@ and CPU are its own, and measures:
   (called right after the commit) with ``time.time()`` and writes one line
   (``name position time``) to its stdout with one ``os.write``: a few
   microseconds per committed batch in the worker thread, the same per
-  projection for 1 and 50, and no polling of the database by the parent;
+  projection for 1 and 50, and no polling of the database by the parent.
+  Under "other": when the FIRST projection committed it, and the runner
+  process's CPU per event;
 - with 50 projections, a **standby**: a second runner process of the same 50
   projections, started once the first owns them all; the new backends it
   opens during the idle window (``(pid, backend_start)`` of its backends at
   the start and the end of the window), next to ``pg_stat_database.sessions``
   of the database over the window (every session opened there by anyone, the
-  short-lived ones included).
+  short-lived ones included). It is stopped before the latency pings, so that
+  both cases are pinged alike.
 
 Nothing here asserts a timing; the figures go to the results table.
 """
@@ -46,7 +50,6 @@ import contextlib
 import logging
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -120,7 +123,6 @@ class _Runner:
             cwd=_ROOT,
             stdout=subprocess.PIPE if stamps else subprocess.DEVNULL,
         )
-        self.owner = f"{socket.gethostname()}:{self.process.pid}"
         self._condition = threading.Condition()
         self._latest: dict[str, tuple[int, float]] = {}
         if stamps:
