@@ -18,6 +18,11 @@ memory, bounded, from the time the first page opens (:class:`History`):
   start of the batch that moved it there, both read from the database, so
   right whichever process runs the projection.
 
+The event log takes filters as ``GET /api/events`` does (``?category=``,
+``?type=``, ``?stream=``; :class:`LogFilter`): the page's form reloads it with
+them, and its ``GET /dashboard/events`` carries them, so its log stays live
+within them (one more query per snapshot for each distinct filter open).
+
 The page is server-rendered and swaps the fragments in with the vendored
 htmx and its SSE extension (``static/``, see ``static/NOTICE``): no build
 step, nothing fetched from elsewhere.
@@ -45,12 +50,12 @@ import math
 import string
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -60,12 +65,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from eventstore import admin
 from eventstore.errors import EventStoreError, ProjectionError, ProjectionNotFound, first_line
 from eventstore.projection import Projection
-from eventstore.store import AsyncEventStore, EventStore
+from eventstore.store import AsyncEventStore, EventStore, sql
 from eventstore.store.sql import FENCE
 from eventstore.store.stalls import format_duration
 from eventstore.web.errors import RequestError
 
-__all__ = ["Dashboard", "History", "PickUp", "Snapshot", "render", "take_snapshot"]
+__all__ = ["Dashboard", "History", "LogFilter", "PickUp", "Snapshot", "log_filter", "render", "take_snapshot"]
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -89,10 +94,20 @@ COUNTS_MIN_SECONDS = 2.0
 """The category and type counts scan the table: at most this often (less often when the scan is slow)."""
 COUNTS_LIMIT = 20
 
-_RECENT = (
-    "SELECT global_position, stream_id, event_type, recorded_at FROM events "  # noqa: S608 - constant
-    f"WHERE transaction_order < {FENCE} ORDER BY transaction_order DESC, global_position DESC LIMIT {LOG_EVENTS}"
-)
+LOG_FILTER_VALUES = 20
+"""At most this many values per log filter field; each at most :data:`LOG_FILTER_LENGTH` characters."""
+LOG_FILTER_LENGTH = 255
+
+
+def _recent(log: LogFilter) -> str:
+    """The last readable events (within ``log``), newest first; parameters from :meth:`LogFilter.parameters`."""
+    return (
+        "SELECT global_position, stream_id, event_type, recorded_at FROM events "  # noqa: S608 - constant fragments
+        f"WHERE transaction_order < {FENCE}{sql.filter_clause(log.categories, log.event_types, log.stream_ids)} "
+        f"ORDER BY transaction_order DESC, global_position DESC LIMIT {LOG_EVENTS}"
+    )
+
+
 # The event at each checkpoint: when it was appended, and when the batch that moved the checkpoint there began.
 _PICKUPS = sa.text(
     "SELECT c.projection_name AS name, c.global_position AS position, c.updated_at, e.recorded_at "
@@ -108,6 +123,53 @@ class RecentEvent:
     stream_id: str
     event_type: str
     recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    """The event log's filters (query parameters ``category``, ``type``, ``stream``, as ``GET /api/events``).
+
+    Values of one field are alternatives, fields combine; empty: every event.
+    """
+
+    categories: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    stream_ids: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.categories or self.event_types or self.stream_ids)
+
+    def query(self) -> str:
+        """The query string that gives this filter back (``category=order&type=OrderPlaced``)."""
+        pairs = [("category", v) for v in self.categories] + [("type", v) for v in self.event_types]
+        return urlencode(pairs + [("stream", v) for v in self.stream_ids])
+
+    def parameters(self) -> dict[str, Any]:
+        return sql.filter_parameters(self.categories, self.event_types, self.stream_ids)
+
+
+def log_filter(query: Any) -> LogFilter:
+    """The :class:`LogFilter` of a request's query (a starlette ``QueryParams``).
+
+    A field repeats (``?category=order&category=invoice``) or takes comma-separated
+    values (``?category=order,invoice``, as the page's form sends); empty values are ignored.
+
+    Raises :class:`RequestError` (422) for more than :data:`LOG_FILTER_VALUES` values of a
+    field or a value over :data:`LOG_FILTER_LENGTH` characters.
+    """
+    fields = []
+    for name in ("category", "type", "stream"):
+        split = (value.strip() for text in query.getlist(name) for value in text.split(","))
+        values = tuple(dict.fromkeys(value for value in split if value))
+        if len(values) > LOG_FILTER_VALUES:
+            raise RequestError(422, f"query parameter {name}: at most {LOG_FILTER_VALUES} values, got {len(values)}")
+        for value in values:
+            if len(value) > LOG_FILTER_LENGTH:
+                raise RequestError(
+                    422, f"query parameter {name}={value[:20]!r}...: at most {LOG_FILTER_LENGTH} characters"
+                )
+        fields.append(values)
+    return LogFilter(*fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +211,21 @@ class Snapshot:
     event_types: list[tuple[str, int]]
     pickups: dict[str, PickUp] = field(default_factory=dict)
     """Each projection's :class:`PickUp`, by name (none for a projection without a checkpoint row)."""
+    logs: dict[LogFilter, list[RecentEvent]] = field(default_factory=dict)
+    """The last events within each filter asked for (``recent`` is the unfiltered log)."""
 
 
 def take_snapshot(
-    store: EventStore, projections: Sequence[Projection | str], counts: tuple[list[Any], list[Any]] | None = None
+    store: EventStore,
+    projections: Sequence[Projection | str],
+    counts: tuple[list[Any], list[Any]] | None = None,
+    *,
+    log_filters: Collection[LogFilter] = (),
 ) -> Snapshot:
-    """Status, open failures, head, recent events, pick-ups and counts (``counts``: reuse these instead of scanning)."""
+    """Status, open failures, head, recent events (also within each of ``log_filters``), pick-ups and counts.
+
+    ``counts``: reuse these instead of scanning the table.
+    """
     statuses = admin.projection_status(store, projections) if projections else []
     failures = {}
     for status in statuses:
@@ -164,7 +235,12 @@ def take_snapshot(
                 failures[status.name] = open_failures[-1]
     pickups: dict[str, PickUp] = {}
     with store.engine.connect() as connection:
-        recent = [RecentEvent(*row) for row in connection.exec_driver_sql(_RECENT).all()]
+        recent = [RecentEvent(*row) for row in connection.exec_driver_sql(_recent(LogFilter())).all()]
+        logs = {
+            log: [RecentEvent(*row) for row in connection.exec_driver_sql(_recent(log), log.parameters()).all()]
+            for log in log_filters
+            if log
+        }
         if statuses:
             rows = connection.execute(_PICKUPS, {"names": [status.name for status in statuses]}).all()
             pickups = {row.name: PickUp(int(row.position), row.updated_at, row.recorded_at) for row in rows}
@@ -180,6 +256,7 @@ def take_snapshot(
         categories=list(counts[0]),
         event_types=list(counts[1]),
         pickups=pickups,
+        logs=logs,
     )
 
 
@@ -514,25 +591,42 @@ def render_projections(snapshot: Snapshot, history: History, base: str) -> str:
     )
 
 
-def render_log(snapshot: Snapshot) -> str:
+def render_log(snapshot: Snapshot, log: LogFilter | None = None) -> str:
+    """The event log's table: the last events, within ``log`` when given."""
+    events = snapshot.logs.get(log, []) if log else snapshot.recent
     rows = "".join(
         f'<tr><td class="n">{event.position}</td><td>{_e(event.event_type)}</td><td>{_e(event.stream_id)}</td>'
         f"<td>{_clock(event.recorded_at)}</td></tr>"
-        for event in snapshot.recent
+        for event in events
     )
+    none = "no events within these filters yet" if log else "no events yet"
     return (
-        f"<h2>Last {LOG_EVENTS} events</h2><table><thead><tr><th class=n>position</th><th>type</th>"
-        f"<th>stream</th><th>recorded (UTC)</th></tr></thead><tbody>"
-        f"{rows or '<tr><td class=muted colspan=4>no events yet</td></tr>'}</tbody></table>"
+        "<table><thead><tr><th class=n>position</th><th>type</th>"
+        "<th>stream</th><th>recorded (UTC)</th></tr></thead><tbody>"
+        f"{rows or f'<tr><td class=muted colspan=4>{none}</td></tr>'}</tbody></table>"
     )
 
 
-def render(snapshot: Snapshot, history: History, base: str) -> dict[str, str]:
-    """The page's fragments, by SSE event name (the ids of the sections they replace)."""
+def render_log_form(base: str, log: LogFilter) -> str:
+    """The log's filter form: a GET of the page with ``category``, ``type`` and ``stream`` (outside the live swaps)."""
+    inputs = "".join(
+        f'<label>{label} <input name="{name}" value="{_e(", ".join(values))}" placeholder="any" size="14"></label>'
+        for label, name, values in (
+            ("category", "category", log.categories),
+            ("type", "type", log.event_types),
+            ("stream", "stream", log.stream_ids),
+        )
+    )
+    clear = f' <a href="{_e(base)}/">all events</a>' if log else ""
+    return f'<form id="log-filter" method="get" action="{_e(base)}/">{inputs} <button>Filter</button>{clear}</form>'
+
+
+def render(snapshot: Snapshot, history: History, base: str, log: LogFilter | None = None) -> dict[str, str]:
+    """The page's fragments, by SSE event name (the ids of the elements they replace); ``log``: the log's filters."""
     return {
         "store": render_store(snapshot, history),
         "projections": render_projections(snapshot, history, base),
-        "log": render_log(snapshot),
+        "log": render_log(snapshot, log),
     }
 
 
@@ -554,7 +648,8 @@ class Dashboard:
         self.history = History()
         self.latest: dict[str, dict[str, str]] = {}
         self._sync: EventStore | None = None
-        self._pages: dict[asyncio.Queue[tuple[str, dict[str, str]]], str] = {}
+        self._pages: dict[asyncio.Queue[dict[str, str]], tuple[str, LogFilter]] = {}
+        """Each open page's queue, and its (base path, log filter)."""
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._counts: tuple[list[Any], list[Any]] | None = None
@@ -586,39 +681,43 @@ class Dashboard:
         if self._wake is not None:
             self._wake.set()
 
-    async def snapshot_fragments(self, base: str) -> dict[str, str]:
+    async def snapshot_fragments(self, base: str, log: LogFilter | None = None) -> dict[str, str]:
         """One snapshot now, rendered (the page's first paint)."""
+        log = log or LogFilter()
         try:
-            snapshot = await asyncio.to_thread(self._take)
+            snapshot = await asyncio.to_thread(self._take, {log})
         except EventStoreError as error:
             return _unavailable(error)
-        return render(snapshot, self.history, base)
+        return render(snapshot, self.history, base, log)
 
-    def _take(self) -> Snapshot:
+    def _take(self, log_filters: Collection[LogFilter] = ()) -> Snapshot:
         # The counts scan the table: again only when the head moved, and at most every 2 s or 20 times
         # as long as the last scan took (a big store is counted less often).
         due = time.monotonic() - self._counts_at >= max(COUNTS_MIN_SECONDS, 20 * self._counts_took)
         moved = not self.history.heads or self.history.heads[-1][1] != self._counted_head
         refresh = self._counts is None or (due and moved)
         started = time.monotonic()
-        snapshot = take_snapshot(self.sync_store(), self.projections, None if refresh else self._counts)
+        counts = None if refresh else self._counts
+        snapshot = take_snapshot(self.sync_store(), self.projections, counts, log_filters=log_filters)
         if refresh:
             self._counts = (snapshot.categories, snapshot.event_types)
             self._counts_at, self._counts_took = time.monotonic(), time.monotonic() - started
             self._counted_head = snapshot.head
         return snapshot
 
-    async def follow(self, base: str) -> AsyncIterator[dict[str, str]]:
-        """Fragments for one page, as long as it stays; starts the sampler for the first page."""
-        queue: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue(maxsize=1)
-        self._pages[queue] = base
+    async def follow(self, base: str, log: LogFilter | None = None) -> AsyncIterator[dict[str, str]]:
+        """Fragments for one page, as long as it stays; starts the sampler for the first page.
+
+        Each distinct ``log`` filter among the open pages costs one more query per snapshot.
+        """
+        queue: asyncio.Queue[dict[str, str]] = asyncio.Queue(maxsize=1)
+        self._pages[queue] = (base, log or LogFilter())
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.create_task(self._sample(), name="eventstore-dashboard")
         try:
             while True:
-                _, fragments = await queue.get()
-                yield fragments
+                yield await queue.get()
         finally:
             del self._pages[queue]
 
@@ -629,19 +728,20 @@ class Dashboard:
             while self._pages:
                 self._wake.clear()
                 failed: dict[str, str] = {}
+                log_filters = {log for _, log in self._pages.values()}
                 try:
-                    snapshot: Snapshot | None = await asyncio.to_thread(self._take)
+                    snapshot: Snapshot | None = await asyncio.to_thread(self._take, log_filters)
                 except EventStoreError as error:
                     snapshot, failed = None, _unavailable(error)
                 if snapshot is not None:
                     self.history.add(snapshot, time.monotonic())
-                rendered: dict[str, dict[str, str]] = {}
-                for queue, base in list(self._pages.items()):
-                    if base not in rendered:
-                        rendered[base] = failed if snapshot is None else render(snapshot, self.history, base)
+                rendered: dict[tuple[str, LogFilter], dict[str, str]] = {}
+                for queue, key in list(self._pages.items()):
+                    if key not in rendered:
+                        rendered[key] = failed if snapshot is None else render(snapshot, self.history, *key)
                     if queue.full():
                         queue.get_nowait()  # a slow page misses an intermediate state, never the latest
-                    queue.put_nowait((base, rendered[base]))
+                    queue.put_nowait(rendered[key])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 await asyncio.sleep(0.2)  # at most five snapshots a second under a stream of appends
@@ -675,7 +775,7 @@ def _base(request: Request) -> str:
 
 
 async def page(request: Request) -> Response:
-    """``GET /``: the page, with a first snapshot already in it."""
+    """``GET /[?category=C][&type=T][&stream=S]``: the page, with a first snapshot in it; filters apply to its log."""
     base = _base(request)
     token: str | None = request.app.state.token
     if token is not None and "token" in request.query_params:
@@ -683,10 +783,14 @@ async def page(request: Request) -> Response:
         response = RedirectResponse(f"{base}/", status_code=303)
         response.set_cookie(TOKEN_COOKIE, token, path=f"{base}/", httponly=True, samesite="strict")
         return response
-    fragments = await _dashboard(request).snapshot_fragments(base)
+    log = log_filter(request.query_params)
+    fragments = await _dashboard(request).snapshot_fragments(base, log)
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     body = TEMPLATE.substitute(
         base=_e(base),
+        events_url=_e(f"{base}/dashboard/events" + (f"?{log.query()}" if log else "")),
+        log_form=render_log_form(base, log),
+        log_events=LOG_EVENTS,
         headers=_e(json.dumps(headers)),
         store=fragments.get("store", ""),
         projections=fragments.get("projections", ""),
@@ -696,12 +800,16 @@ async def page(request: Request) -> Response:
 
 
 async def events(request: Request) -> EventSourceResponse:
-    """``GET /dashboard/events``: the page's fragments as SSE messages (event = the section to replace)."""
+    """``GET /dashboard/events[?category=C][&type=T][&stream=S]``: the page's fragments as SSE messages.
+
+    The event name is the id of the element to replace; the filters apply to the log.
+    """
     dashboard = _dashboard(request)
     base = _base(request)
+    log = log_filter(request.query_params)
 
     async def messages() -> AsyncIterator[ServerSentEvent]:
-        async for fragments in dashboard.follow(base):
+        async for fragments in dashboard.follow(base, log):
             for name, fragment in fragments.items():
                 yield ServerSentEvent(fragment, event=name)
 

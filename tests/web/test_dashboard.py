@@ -98,6 +98,18 @@ def test_the_page_follows_appends_without_a_reload(
         expect(page.locator("#log tbody tr").first).to_contain_text(f"{last}InvoiceSentinvoice-2")
         expect(page.locator("#store")).to_contain_text("invoice3")
         assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # never reloaded
+
+        # The log's filter form: a GET of the page; the filtered log stays live.
+        page.locator("#log-filter input[name=category]").fill("invoice")
+        page.locator("#log-filter button").click()
+        page.wait_for_url(re.compile(r"category=invoice"))
+        expect(page.locator("#connection")).to_have_text("live")
+        store.append("order-2", [NewEvent("OrderPaid", {"total": 2})])
+        invoice = store.append("invoice-9", [NewEvent("InvoiceSent", {"n": 9})]).global_position
+        expect(page.locator("#log tbody tr").first).to_contain_text(f"{invoice}InvoiceSentinvoice-9")
+        expect(page.locator("#log tbody tr")).to_have_count(4)
+        expect(page.locator("#log")).not_to_contain_text("order-")
+    assert httpx.get(f"{web.base_url}/", params={"type": "x" * 256}, timeout=10).status_code == 422
     assert problems == [], problems
 
 

@@ -1,4 +1,4 @@
-"""The dashboard's words and numbers without a browser: ETA, "picked up after", events/s.
+"""The dashboard's words and numbers without a browser: ETA, "picked up after", events/s, the log's filters.
 
 The snapshots are real (:func:`take_snapshot` on this test's database, with a
 real runner or a real rebuild); only the sampler's clock is ours, so the
@@ -12,18 +12,23 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from starlette.datastructures import QueryParams
 
 from eventstore import EventStore, NewEvent, ProjectionRunner, admin
 from eventstore.web.dashboard import (
     History,
+    LogFilter,
     PickUp,
     eta,
+    log_filter,
     rate_text,
+    render_log,
     render_projections,
     render_store,
     seconds_text,
     take_snapshot,
 )
+from eventstore.web.errors import RequestError
 from projections import Ledger
 from tests.runner.runner_helpers import append_many, running
 
@@ -153,3 +158,33 @@ def test_a_rebuild_shows_its_progress_rate_and_eta(store: EventStore) -> None:
     # 40 of 100 after four batches, 10 events a second, nothing appended meanwhile: 60 left, 6 s.
     assert '<progress max="1" value="0.4000"></progress> 40 of 100 (40%), about 6 s left at 10 events/s' in seen[-1]
     assert '<td class="pickup muted"' in seen[-1]  # a rebuild applies old events: no wake-up to show
+
+
+def test_the_log_filters_by_category_type_and_stream(store: EventStore) -> None:
+    store.append("order-1", [NewEvent("OrderPlaced", {}), NewEvent("OrderPaid", {})])
+    store.append("invoice-1", [NewEvent("InvoiceSent", {})])
+    invoices = LogFilter(categories=("invoice",))
+    paid_or_sent = LogFilter(event_types=("OrderPaid", "InvoiceSent"))
+    one_stream = LogFilter(stream_ids=("order-1",))
+    snapshot = take_snapshot(store, [], log_filters=[invoices, paid_or_sent, one_stream, LogFilter()])
+
+    assert [event.position for event in snapshot.recent] == [3, 2, 1]  # unfiltered, newest first
+    assert [event.stream_id for event in snapshot.logs[invoices]] == ["invoice-1"]
+    assert [event.event_type for event in snapshot.logs[paid_or_sent]] == ["InvoiceSent", "OrderPaid"]
+    assert [event.position for event in snapshot.logs[one_stream]] == [2, 1]
+    assert LogFilter() not in snapshot.logs
+    assert "invoice-1" in render_log(snapshot, invoices)
+    assert "order-1" not in render_log(snapshot, invoices)
+    assert "no events within these filters yet" in render_log(snapshot, LogFilter(stream_ids=("nope",)))
+
+
+def test_log_filters_come_from_the_query_as_the_api_names_them() -> None:
+    query = QueryParams("category=order,%20invoice&category=order&type=&stream=order-1")
+    assert log_filter(query) == LogFilter(("order", "invoice"), (), ("order-1",))
+    assert log_filter(query).query() == "category=order&category=invoice&stream=order-1"
+    assert not log_filter(QueryParams("category=&type=+"))
+    with pytest.raises(RequestError, match=r"query parameter type=.*at most 255 characters") as error:
+        log_filter(QueryParams("type=" + "x" * 256))
+    assert error.value.status == 422
+    with pytest.raises(RequestError, match="query parameter stream: at most 20 values, got 21"):
+        log_filter(QueryParams("stream=" + ",".join(f"s-{n}" for n in range(21))))
