@@ -565,12 +565,14 @@ def render_projections(snapshot: Snapshot, history: History, base: str) -> str:
                 f'<button hx-post="{url}/skip" hx-swap="none" '
                 f'hx-confirm="Skip event {status.failed_position} for {_e(status.name)}?">Skip</button></div>'
             )
-        lags = [float(lag) for _, lag in history.lags.get(status.name, ())]
+        lag_samples = history.lags.get(status.name, ())
+        lags = [float(lag) for _, lag in lag_samples]
+        span = lag_samples[-1][0] - lag_samples[0][0] if lag_samples else 0.0
         queue = ""
         if status.notify_queue_usage >= 0.01:
             queue = f"<div class=warning>NOTIFY queue {status.notify_queue_usage:.0%} full</div>"
         state_class = "state-" + status.state.replace(" ", "-")
-        lag_label = f"lag of {status.name}, last {len(lags)} s, peak {max(lags, default=0):.0f} events"
+        lag_label = f"lag of {status.name} over the last {span:.0f} s, peak {max(lags, default=0):.0f} events"
         rows.append(
             f'<tr data-projection="{_e(status.name)}"><td><b>{_e(status.name)}</b></td>'
             f'<td><span class="state {state_class}">{_e(status.state)}</span></td>'

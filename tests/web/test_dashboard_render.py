@@ -158,6 +158,7 @@ def test_a_rebuild_shows_its_progress_rate_and_eta(store: EventStore) -> None:
     # 40 of 100 after four batches, 10 events a second, nothing appended meanwhile: 60 left, 6 s.
     assert '<progress max="1" value="0.4000"></progress> 40 of 100 (40%), about 6 s left at 10 events/s' in seen[-1]
     assert '<td class="pickup muted"' in seen[-1]  # a rebuild applies old events: no wake-up to show
+    assert "lag of slow over the last 14 s, peak 100 events" in seen[-1]
 
 
 def test_the_log_filters_by_category_type_and_stream(store: EventStore) -> None:
