@@ -136,6 +136,8 @@ class ProjectionRunner:
         self._held_back_lock = threading.Lock()
         self._held_back_at = -1e9
         self._held_back_value = False
+        self._held_back_wakes = -1
+        self._wakes = 0
         self.listener: Listener = Listener(
             libpq_url(url_of(listen_url) if listen_url else store.engine),
             NOTIFY_CHANNEL,
@@ -340,16 +342,23 @@ class ProjectionRunner:
                        name, extra={"projection_name": name, "owner": self.owner})  # fmt: skip
 
     def _held_back(self) -> bool:
-        """Whether events wait behind the fence: one query shared by every worker for a short while."""
+        """Whether events wait behind the fence, asked before a read (see :meth:`Worker._turn`).
+
+        One answer serves every worker until the next wake-up (an event that
+        becomes held back was committed, and so sent a wake-up, after it) or
+        for ``held_back_interval`` at most.
+        """
         now = time.monotonic()
         with self._held_back_lock:
-            if now - self._held_back_at < self.settings.held_back_interval / 2:
+            if self._held_back_wakes == self._wakes and now - self._held_back_at < self.settings.held_back_interval:
                 return self._held_back_value
-            try:
-                value = self._store.held_back()
-            except Exception:  # the worker's next turn reports a lost connection
-                return False
-            self._held_back_at, self._held_back_value = now, value
+            wakes = self._wakes
+        try:
+            value = self._store.held_back()
+        except Exception:  # the turn's read reports a lost connection; re-check soon meanwhile
+            return True
+        with self._held_back_lock:
+            self._held_back_at, self._held_back_value, self._held_back_wakes = now, value, wakes
         self._stalls.observe(value)
         return value
 
@@ -375,6 +384,8 @@ class ProjectionRunner:
         self.stop()
 
     def _on_wake(self, reason: str) -> None:
+        with self._held_back_lock:
+            self._wakes += 1
         with self._lock:
             owned = list(self._sessions)
         self._schedule.wake(owned)

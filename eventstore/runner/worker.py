@@ -145,6 +145,11 @@ class Worker:
         try:
             if not session.ready:
                 session.set_up()
+            # Asked before the read, never after: an event the read cannot see yet (committed
+            # behind an older open transaction, the fence) was committed before this check, which
+            # then says so; one committed after it sends a wake-up of its own. Asked after the read,
+            # a blocker that ended in between would hide the event until the poll timer.
+            held_back = self.held_back()
             result = session.catch_up(max_batches=MAX_BATCHES_PER_TURN)
         except LeaseLost:
             self.on_lost(name)
@@ -166,6 +171,6 @@ class Worker:
         if not result.caught_up and not result.failed:
             return True, None
         timeout = self.settings.poll_interval
-        if not result.failed and self.held_back():
+        if not result.failed and held_back:
             timeout = min(timeout, self.settings.held_back_interval)
         return False, timeout
