@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from sse_starlette import ServerSentEvent
+from sse_starlette.sse import AppStatus
 from typer.testing import CliRunner
 
 from eventstore import EventStore, NewEvent
@@ -250,3 +251,17 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+def test_the_server_shutting_down_ends_the_stream_and_its_subscription(web: WebServer) -> None:
+    # uvicorn waits for open responses before it stops; sse-starlette's AppStatus says it is stopping.
+    state = app_state(web)
+    with open_events(web) as messages:
+        append(web, "order-1", "OrderPlaced")
+        assert len(events(messages, 1)) == 1
+        AppStatus.should_exit = True
+        try:
+            assert list(messages) == []  # the stream ends (no more messages), instead of waiting forever
+        finally:
+            AppStatus.should_exit = False
+    wait_until(lambda: not state.store._subscriptions.subscriptions, "the subscription to end")
