@@ -318,8 +318,8 @@ def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
                     _record(results, case, SSE, probes, extra)
         if max(plan.sse_client_counts) < 1000:
             results.notes.append(
-                "SSE latency with 1,000 clients skipped in --quick (connecting them takes about 5 s and each ping "
-                "fans out for about 0.2 s on 2 cores); the full run measures it"
+                "SSE latency with 1,000 clients skipped in --quick (connecting them takes 5-18 s and each ping "
+                "fans out for about 0.1 s on 2 busy cores); the full run measures it"
             )
     finally:
         sse.close()
