@@ -29,7 +29,6 @@ which this module used before (``tests/web/test_sse.py`` compares them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from collections import OrderedDict
@@ -239,9 +238,10 @@ class EventStream:
             streams.closed()
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task  # the writer's own error (a failed subscription) ends the response with it
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in outcomes:  # the writer's own error (a failed subscription) ends the response with it
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome
 
     async def _write(self, send: Send) -> None:
         """Write events as they come, a heartbeat when one is due; the only task that sends."""

@@ -5,6 +5,7 @@ The encoding tests need no server: the shared, pre-framed messages against the p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 from eventstore import EventStore, NewEvent
 from eventstore.cli import app as cli_app
 from eventstore.types import event_record
-from eventstore.web.sse import Frames, encode_event
+from eventstore.web.sse import EventStream, Frames, _Streams, encode_event
 
 if TYPE_CHECKING:
     from tests.web.conftest import WebServer
@@ -265,3 +266,69 @@ def test_the_server_shutting_down_ends_the_stream_and_its_subscription(web: WebS
         finally:
             AppStatus.should_exit = False
     wait_until(lambda: not state.store._subscriptions.subscriptions, "the subscription to end")
+
+
+class FakeFeed:
+    """Stands in for a Subscription: ``next_batch`` gives ``batches`` in turn, then raises ``error`` or waits."""
+
+    def __init__(self, batches: list[list[Any]], error: BaseException | None = None) -> None:
+        self.batches = batches
+        self.error = error
+        self.left = False
+
+    async def next_batch(self, limit: int) -> list[Any]:
+        if self.batches:
+            return self.batches.pop(0)
+        if self.error is not None:
+            raise self.error
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    def interrupt(self) -> None:
+        pass
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.left = True
+
+
+def run_stream(feed: FakeFeed, *, cancel_after_sends: int | None = None) -> tuple[list[Any], BaseException | None]:
+    """Run an EventStream on ``feed`` with a client that never leaves; (messages sent, what it raised)."""
+    sent: list[Any] = []
+
+    async def main() -> None:
+        task: asyncio.Task[None] | None = None
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()
+            return {}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if cancel_after_sends is not None and len(sent) == cancel_after_sends and task is not None:
+                task.cancel()  # as uvicorn does when its graceful shutdown times out
+
+        stream = EventStream(feed, streams=_Streams(), heartbeat_seconds=60)  # type: ignore[arg-type]
+        task = asyncio.create_task(stream({"type": "http", "method": "GET"}, receive, send))  # type: ignore[arg-type]
+        await task
+
+    try:
+        asyncio.run(main())
+    except BaseException as error:  # returned to the test, whatever it is
+        return sent, error
+    return sent, None
+
+
+def test_a_failed_subscription_ends_the_response_with_its_error_and_is_left() -> None:
+    feed = FakeFeed([[SAMPLES[0]]], error=RuntimeError("the shared read failed"))
+    sent, raised = run_stream(feed)
+    assert isinstance(raised, RuntimeError) and "shared read failed" in str(raised)
+    assert [message.get("body") for message in sent[1:]] == [encode_event(SAMPLES[0])]
+    assert feed.left
+
+
+def test_a_cancelled_response_leaves_its_subscription() -> None:
+    feed = FakeFeed([[SAMPLES[0]], SAMPLES[1:3]])
+    sent, raised = run_stream(feed, cancel_after_sends=3)
+    assert isinstance(raised, asyncio.CancelledError)
+    assert sent[2]["body"] == encode_event(SAMPLES[1]) + encode_event(SAMPLES[2])  # two ready events, one write
+    assert feed.left
