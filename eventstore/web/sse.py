@@ -157,8 +157,9 @@ class _Streams:
     ``AppStatus.should_exit`` every half second while streams are open:
     uvicorn waits for open responses before it stops, and an event stream
     never ends by itself. sse-starlette sets the flag on uvicorn's SIGINT and
-    SIGTERM (it wraps ``Server.handle_exit`` when imported, which the
-    dashboard's import of it does in every app).
+    SIGTERM (it wraps ``Server.handle_exit`` when imported, as this module
+    imports it); like sse-starlette's own streams, streams opened after that
+    end at once.
     """
 
     def __init__(self) -> None:
