@@ -14,7 +14,7 @@ __all__ = ["main"]
 
 logger = logging.getLogger("benchmarks")
 
-MEASUREMENTS = ("append", "latency", "catchup", "rebuild", "async_append", "sse", "runner_scale")
+MEASUREMENTS = ("append", "latency", "append_breakdown", "catchup", "rebuild", "async_append", "sse", "runner_scale")
 QUICK_SKIPS = ("runner_scale",)
 """Left out of ``--quick`` unless named in ``--only``: two runner processes with an idle window each, 30-50 s."""
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         pool = None
         try:
             if "append" in arguments.only or "latency" in arguments.only:
-                from benchmarks.append import CONTENDERS, measure_append, prepare_targets
+                from benchmarks.append import CONTENDERS, measure_append, prepare_targets, server_cpu
                 from benchmarks.writers import WriterPool
 
                 logger.info("starting %d writer processes", max(plan.writer_counts))
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                     batch_sizes=plan.batch_sizes,
                     repeats=plan.repeats,
                     duration=plan.append_seconds,
+                    server=server_cpu(server),
                 )
             if "latency" in arguments.only:
                 assert pool is not None
@@ -114,6 +115,14 @@ def main(argv: list[str] | None = None) -> None:
 
                 logger.info("latency")
                 measure_latency(server, pool, results, plan)
+            if "append_breakdown" in arguments.only:
+                if pool is not None:  # its writers' connections, before the breakdown's pool opens its own
+                    pool.close()
+                    pool = None
+                from benchmarks.append_breakdown import measure_append_breakdown
+
+                logger.info("append breakdown")
+                measure_append_breakdown(server, results, plan)
             if "catchup" in arguments.only:
                 from benchmarks.catchup import measure_catchup
 

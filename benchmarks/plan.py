@@ -44,6 +44,14 @@ class Plan:
     """The idle window over which the runner's CPU and the standby's new backends are counted."""
     runner_scale_standby_from: int = 50
     """Cases with at least this many projections also start a standby runner of the same projections."""
+    breakdown_cases: tuple[tuple[int, int], ...] = ((1, 1), (1, 10), (8, 1), (8, 10))
+    """(writers, events per append) of the append breakdown."""
+    breakdown_repeats: int = 3
+    breakdown_seconds: float = 2.0
+    breakdown_client_iterations: int = 3000
+    """Calls timed per client part (validation, telemetry, parameter dumping) and round."""
+    breakdown_contenders: tuple[str, ...] | None = None
+    """The breakdown's contenders (None: all of ``benchmarks.append_breakdown.CONTENDERS``)."""
 
 
 FULL = Plan(
@@ -73,4 +81,10 @@ QUICK = Plan(
     sse_repeats=1,
     runner_scale_events=30,
     runner_scale_idle_seconds=3.0,
+    # The smallest run through every code path: one writer process, three databases.
+    breakdown_cases=((1, 1),),
+    breakdown_repeats=1,
+    breakdown_seconds=0.1,
+    breakdown_client_iterations=100,
+    breakdown_contenders=("eventstore", "stripped", "raw_minimal"),
 )

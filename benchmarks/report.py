@@ -33,6 +33,8 @@ class Results:
         self.machine = machine
         self._rows: dict[tuple[str, str, str], _Row] = {}
         self.notes: list[str] = []
+        self.tables: list[tuple[str, str]] = []
+        """Derived tables (title, markdown), rendered after the sections: e.g. the append breakdown."""
 
     def add(
         self,
@@ -77,6 +79,7 @@ class Results:
         """Rebuild the results of an earlier run from its JSON file (to re-render the table)."""
         results = cls(mode=data["mode"], machine=data["machine"])
         results.notes = list(data.get("notes", []))
+        results.tables = [(table["title"], table["markdown"]) for table in data.get("tables", [])]
         for row in data["rows"]:
             results._rows[(row["section"], row["case"], row["contender"])] = _Row(
                 row["section"],
@@ -117,6 +120,8 @@ class Results:
                     f"| {'; '.join(ratios)} | {other} |"
                 )
             lines.append("")
+        for title, table in self.tables:
+            lines += [f"### {title}", "", table, ""]
         if self.notes:
             lines += ["Notes:", ""] + [f"- {note}" for note in self.notes] + [""]
         return "\n".join(lines)
@@ -126,6 +131,7 @@ class Results:
             "mode": self.mode,
             "machine": self.machine,
             "notes": self.notes,
+            "tables": [{"title": title, "markdown": table} for title, table in self.tables],
             "rows": [
                 {
                     "section": row.section,

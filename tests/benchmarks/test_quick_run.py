@@ -35,7 +35,14 @@ def test_quick_run_writes_the_markdown_table_and_the_raw_json(tmp_path: Path) ->
     rows = {(row["section"].split(" ")[0], row["case"], row["contender"]): row for row in results["rows"]}
     for writers in ("1 writer", "4 writers", "8 writers"):
         for events in ("1 event/append", "10 events/append"):
-            for contender in ("eventstore", "raw", "raw_notify_in_commit", "eventstore_no_notify", "eventsourcing"):
+            for contender in (
+                "eventstore",
+                "raw",
+                "raw_minimal",
+                "raw_notify_in_commit",
+                "eventstore_no_notify",
+                "eventsourcing",
+            ):
                 row = rows[("Append", f"{writers}, {events}", contender)]
                 assert len(row["samples"]) == 2  # two interleaved rounds
                 assert all(sample > 0 for sample in row["samples"])
@@ -43,6 +50,14 @@ def test_quick_run_writes_the_markdown_table_and_the_raw_json(tmp_path: Path) ->
     assert eventstore["ratios"]["raw"] == pytest.approx(
         eventstore["median"] / rows[("Append", "1 writer, 10 events/append", "raw")]["median"]
     )
+    assert eventstore["ratios"]["raw_minimal"] == pytest.approx(
+        eventstore["median"] / rows[("Append", "1 writer, 10 events/append", "raw_minimal")]["median"]
+    )
+    assert eventstore["extra"]["client CPU us/append"][0] > 0
+    # The breakdown: its variants' rows, and the table of what each part costs derived from them.
+    assert rows[("Breakdown", "1 writer, 1 event/append", "stripped")]["samples"]
+    assert [table["title"].split(" ")[0] for table in results["tables"]] == ["What", "CPU"]
+    assert "eventstore vs the absolute limit" in markdown
     catch_up = rows[("Catch-up", "catch-up", "raw keyset read + JSON decode")]
     assert catch_up["extra"]["events"] == [20_000, 20_000]
     assert 0 < catch_up["extra"]["peak RSS MB"][0] < 1_000

@@ -1,0 +1,350 @@
+"""Where an append's time goes: the same appends against variants of the events table, each missing one part.
+
+Issue 14 asks what each part of an append costs next to the absolute limit
+(``raw_minimal``: one ``INSERT ... VALUES`` into a table with only the primary
+key and the stream/version unique index). Every contender appends new streams
+of 1 or 10 events, in its own freshly migrated database, rounds interleaved
+with the order rotating (as in :mod:`benchmarks.append`):
+
+- ``eventstore``: :meth:`EventStore.append` into the real table.
+- ``no_<part>``: the same into a copy of the table without one part: each
+  secondary index by name, the generated ``category`` column (and so its
+  index), the CHECK constraints, the append-only triggers, the NOTIFY trigger.
+- ``stripped``: every one of those parts removed at once.
+- ``eventstore_no_notify``: ``EventStore(notify=False)``: no wake-up.
+- ``eventstore_statement``: eventstore's validation and statement run by raw
+  psycopg (no protocol, telemetry, append connections or wake-up).
+- ``raw`` and ``raw_minimal``: the two raw baselines of the append measurement.
+
+A part's cost is the time per append with it minus the time without it (medians
+of the rounds): with 1 writer that is the append's latency in microseconds;
+with 8 writers on 2 cores the throughput's, given as a share of eventstore's.
+Each row also has the writers' CPU per append (``time.process_time()``) and the
+server's (``/proc``). A last section times the client's parts in this process
+(``time.process_time()`` around many calls): validation and JSON encoding,
+telemetry, psycopg's dumping of the statement's parameters.
+
+``python -m benchmarks --only append_breakdown`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.append import cpu_columns, create_minimal_database, server_cpu
+from benchmarks.plan import Plan
+from benchmarks.report import Results
+from benchmarks.server import BenchServer
+from benchmarks.writers import PAYLOAD, Targets, WriterPool
+
+__all__ = ["CONTENDERS", "VARIANTS", "measure_append_breakdown"]
+
+logger = logging.getLogger(__name__)
+
+# Not "Append ...": the quick-run test keys rows by a section's first word.
+SECTION = "Breakdown of an append (events/s, all writers together; each variant misses one part)"
+CLIENT_SECTION = "Client CPU of an append, by part (in-process, us per append)"
+
+_CHECKS = (
+    "ck_events_stream_id",
+    "ck_events_stream_version",
+    "ck_events_event_type",
+    "ck_events_data",
+    "ck_events_metadata",
+)
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "no_uq_event_id": ("ALTER TABLE events DROP CONSTRAINT uq_events_event_id",),
+    "no_ix_order": ("DROP INDEX ix_events_order",),
+    "no_ix_category": ("DROP INDEX ix_events_category_order",),
+    "no_ix_event_type": ("DROP INDEX ix_events_event_type_order",),
+    # Dropping the generated column drops its index too (ix_events_category_order).
+    "no_category": ("ALTER TABLE events DROP COLUMN category",),
+    "no_checks": tuple(f"ALTER TABLE events DROP CONSTRAINT {name}" for name in _CHECKS),
+    "no_forbid_triggers": (
+        "DROP TRIGGER events_forbid_update_delete_v1 ON events",
+        "DROP TRIGGER events_forbid_truncate_v1 ON events",
+    ),
+    "no_notify_trigger": ("DROP TRIGGER events_notify_v3 ON events",),
+}
+"""The table variants, by contender name: the statements that remove one part from a migrated database."""
+VARIANTS["stripped"] = tuple(
+    statement for name, statements in VARIANTS.items() if name != "no_ix_category" for statement in statements
+)
+
+CONTENDERS = (
+    "eventstore",
+    *VARIANTS,
+    "eventstore_no_notify",
+    "eventstore_statement",
+    "raw",
+    "raw_minimal",
+)
+
+# (row label, contender with the part, contender without it): cost = time(with) - time(without).
+_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("index uq_events_event_id (idempotent retries, reused ids refused)", "eventstore", "no_uq_event_id"),
+    ("index ix_events_order (read_all, the fence, head)", "eventstore", "no_ix_order"),
+    ("index ix_events_category_order (reads by category)", "eventstore", "no_ix_category"),
+    ("index ix_events_event_type_order (reads by event type)", "eventstore", "no_ix_event_type"),
+    ("generated column category, beyond its index", "no_ix_category", "no_category"),
+    ("the 5 CHECK constraints", "eventstore", "no_checks"),
+    ("append-only triggers (BEFORE UPDATE/DELETE, TRUNCATE)", "eventstore", "no_forbid_triggers"),
+    ("NOTIFY trigger (fires per statement, silenced by eventstore.notify=off)", "eventstore", "no_notify_trigger"),
+    ("wake-up after the commit (pg_notify on the same connection)", "eventstore", "eventstore_no_notify"),
+    ("**all table parts above at once** (measured, not summed)", "eventstore", "stripped"),
+    (
+        "the store around its statement (protocol generator, telemetry, append connections)",
+        "eventstore_no_notify",
+        "eventstore_statement",
+    ),
+)
+
+
+def _case(writers: int, events: int) -> str:
+    return f"{writers} writer{'s' if writers > 1 else ''}, {events} event{'s' if events > 1 else ''}/append"
+
+
+def prepare_breakdown_targets(server: BenchServer, contenders: tuple[str, ...] = CONTENDERS) -> Targets:
+    """One fresh database per contender (all empty at the start, so index sizes match)."""
+    databases = {
+        "eventstore": "breakdown_eventstore",
+        "eventstore_no_notify": "breakdown_no_notify",
+        "eventstore_statement": "breakdown_statement",
+        "raw": "breakdown_raw",
+    }
+    for contender, database in databases.items():
+        if contender in contenders:
+            server.create_database(database)
+    if "raw" in contenders:
+        server.execute("breakdown_raw", "ALTER TABLE events DISABLE TRIGGER events_notify_v3")
+        server.execute("breakdown_raw", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
+    if "raw_minimal" in contenders:
+        create_minimal_database(server, "breakdown_raw_minimal")
+    variants = {}
+    for name, statements in VARIANTS.items():
+        if name not in contenders:
+            continue
+        database = f"breakdown_{name}"
+        server.create_database(database)
+        for statement in statements:
+            server.execute(database, statement)
+        variants[name] = server.url(database)
+    return Targets(
+        eventstore=server.url("breakdown_eventstore"),
+        eventstore_no_notify=server.url("breakdown_no_notify"),
+        raw=server.url("breakdown_raw"),
+        raw_notify_in_commit="",
+        eventsourcing={},
+        raw_minimal=server.url("breakdown_raw_minimal"),
+        eventstore_statement=server.url("breakdown_statement"),
+        variants=variants,
+    )
+
+
+def measure_append_breakdown(server: BenchServer, results: Results, plan: Plan) -> None:
+    """The variants' appends (``plan.breakdown_cases``), the client's parts, and the derived cost table."""
+    cases = plan.breakdown_cases
+    contenders = tuple(name for name in CONTENDERS if name in (plan.breakdown_contenders or CONTENDERS))
+    size = max(writers for writers, _ in cases)
+    began = time.monotonic()
+    pool = WriterPool(prepare_breakdown_targets(server, contenders), size)
+    logger.info("breakdown: %d databases and %d writers in %.1f s", len(contenders), size, time.monotonic() - began)
+    cpu = server_cpu(server)
+    try:
+        for contender in contenders:  # connect and warm up outside any measurement
+            pool.start(size, contender, 1, 0.0, delay=0.0)
+            pool.collect()
+        logger.info("breakdown: connected after %.1f s", time.monotonic() - began)
+        for round_number in range(plan.breakdown_repeats):
+            for writers, events in cases:
+                shift = round_number % len(contenders)
+                for contender in contenders[shift:] + contenders[:shift]:
+                    sample = pool.sample(writers, contender, events, plan.breakdown_seconds, server=cpu)
+                    rate = sample.events_per_second
+                    logger.info("breakdown %s %s round %d: %.0f events/s", _case(writers, events), contender,
+                                round_number + 1, rate)  # fmt: skip
+                    results.add(
+                        SECTION,
+                        _case(writers, events),
+                        contender,
+                        rate,
+                        unit="ev/s",
+                        compare_to=("eventstore",) if contender != "eventstore" else ("raw", "raw_minimal"),
+                        extra=cpu_columns(sample),
+                    )
+    finally:
+        pool.close()
+    measure_client_parts(results, iterations=plan.breakdown_client_iterations, repeats=plan.breakdown_repeats)
+    title = "What each part costs per append (us; with several writers: and its share of eventstore's time)"
+    results.tables.append((title, cost_table(results)))
+    results.tables.append(("CPU per append (us): the writers' (client) / the server's", cpu_table(results)))
+
+
+def cost_table(results: Results) -> str:
+    """The derived table: each part's cost per append from the medians of one run."""
+    cases = sorted({row["case"] for row in _rows(results, SECTION)}, key=_case_order)
+    lines = [
+        "| part (what it is for) | " + " | ".join(cases) + " |",
+        "|---|" + "---|" * len(cases),
+    ]
+
+    def per_append(contender: str, case: str) -> float | None:
+        median = results.median(SECTION, case, contender)
+        return None if not median else _events(case) / median * 1e6
+
+    def cell(case: str, minuend: float | None, subtrahend: float | None) -> str:
+        full = per_append("eventstore", case)
+        if minuend is None or subtrahend is None or not full:
+            return ""
+        cost = minuend - subtrahend
+        return f"{cost:.0f}" if _writers(case) == 1 else f"{cost:.0f} ({cost / full:.0%})"
+
+    for label, with_part, without_part in _PARTS:
+        cells = [cell(case, per_append(with_part, case), per_append(without_part, case)) for case in cases]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    # The chain down to the absolute limit, from the same medians.
+    chain = (
+        (
+            "eventstore's statement and validation vs the raw insert, same table (gap-rule look-up, expectation, "
+            "RETURNING, 4 binary arrays; the triggers, measured above, subtracted)",
+            "eventstore_statement",
+            "raw",
+        ),
+        ("the real table vs the minimal one, raw inserts (all its indexes, column and checks)", "raw", "raw_minimal"),
+        ("**eventstore vs the absolute limit** (raw_minimal)", "eventstore", "raw_minimal"),
+    )
+    for label, minuend, subtrahend in chain:
+        cells = []
+        for case in cases:
+            first, second = per_append(minuend, case), per_append(subtrahend, case)
+            if first is not None and minuend == "eventstore_statement":
+                triggers = [
+                    per_append(a, case) - per_append(b, case)  # type: ignore[operator]
+                    for a, b in (("eventstore", "no_forbid_triggers"), ("eventstore", "no_notify_trigger"))
+                    if per_append(a, case) is not None and per_append(b, case) is not None
+                ]
+                first -= sum(triggers)
+            cells.append(cell(case, first, second))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    times = [
+        f"{case}: {per_append('eventstore', case):.0f}" for case in cases if per_append("eventstore", case) is not None
+    ]
+    lines += [
+        "",
+        "Time per append (us: 1e6 x events / events per second of all writers; with 8 writers that is throughput "
+        f"time, not latency) of eventstore: {'; '.join(times)}. Negative or small figures are within the noise of "
+        "the rounds (see the min-max of the rows above).",
+    ]
+    return "\n".join(lines)
+
+
+def cpu_table(results: Results) -> str:
+    """Client and server CPU per append of each contender, medians of the rounds."""
+    rows = _rows(results, SECTION)
+    cases = sorted({row["case"] for row in rows}, key=_case_order)
+    lines = ["| contender | " + " | ".join(cases) + " |", "|---|" + "---|" * len(cases)]
+    for contender in CONTENDERS:
+        if not any(row["contender"] == contender for row in rows):
+            continue
+        cells = []
+        for case in cases:
+            row = next((row for row in rows if row["case"] == case and row["contender"] == contender), None)
+            if row is None:
+                cells.append("")
+                continue
+            client = statistics.median(row["extra"].get("client CPU us/append", [0.0]))
+            server = row["extra"].get("server CPU us/append")
+            cells.append(f"{client:.0f} / {statistics.median(server):.0f}" if server else f"{client:.0f} / -")
+        lines.append(f"| {contender} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measure_client_parts(results: Results, *, iterations: int, repeats: int) -> None:
+    """Time the client's parts of a 1- and a 10-event append in this process (CPU time, many calls each)."""
+    for round_number in range(repeats):
+        for events in (1, 10):
+            case = f"{events} event{'s' if events > 1 else ''}/append"
+            for name, call in _client_parts(events).items():
+                for _ in range(max(10, iterations // 20)):  # warm caches
+                    call()
+                began = time.process_time()
+                for _ in range(iterations):
+                    call()
+                microseconds = (time.process_time() - began) / iterations * 1e6
+                logger.info("client part %s %s round %d: %.1f us", case, name, round_number + 1, microseconds)
+                results.add(CLIENT_SECTION, case, name, microseconds, unit="us")
+
+
+def _client_parts(events: int) -> dict[str, Callable[[], object]]:
+    """The client's parts of one append of ``events`` events, each a call to time."""
+    from psycopg.adapt import PyFormat, Transformer
+
+    from eventstore import NO_STREAM, NewEvent
+    from eventstore.store.telemetry import observe_append
+    from eventstore.store.validation import prepare_append
+    from eventstore.types import AppendResult
+
+    new_events = [NewEvent("BenchEvent", PAYLOAD) for _ in range(events)]
+
+    def new_event_objects() -> object:
+        return [NewEvent("BenchEvent", PAYLOAD) for _ in range(events)]
+
+    def validation() -> object:
+        return prepare_append("bench-1", new_events, NO_STREAM, max_append_events=10_000, max_event_bytes=1_048_576)
+
+    def json_dumps() -> object:
+        return [json.dumps(PAYLOAD, ensure_ascii=False, separators=(",", ":")) for _ in range(events)]
+
+    result = AppendResult("bench-1", events, events)
+
+    def telemetry() -> object:
+        with observe_append("bench-1", new_events) as observation:
+            return observation.done(result)
+
+    parameters = prepare_append(
+        "bench-1", new_events, NO_STREAM, max_append_events=10_000, max_event_bytes=1_048_576
+    ).parameters
+    arrays = [parameters[name] for name in ("stream_id", "event_ids", "event_types", "datas", "metadatas", "expected")]
+    array_formats = [PyFormat.AUTO, PyFormat.BINARY, PyFormat.BINARY, PyFormat.BINARY, PyFormat.BINARY, PyFormat.AUTO]
+    minimal: list[object] = []
+    for version in range(1, events + 1):
+        minimal += ("bench-1", version, "BenchEvent", uuid.uuid4(), parameters["datas"][0], "{}")
+    # The alternative: every event in one JSON text parameter (the data already encoded, so only joined).
+    one_text = ["bench-1", "[" + ",".join(parameters["datas"]) + "]", 0]
+
+    def dumps(values: list[object], formats: list[PyFormat]) -> Callable[[], object]:
+        return lambda: Transformer().dump_sequence(values, formats)
+
+    return {
+        "NewEvent objects (the caller's, in both)": new_event_objects,
+        "validation + JSON encoding (prepare_append)": validation,
+        "json.dumps per event (what raw_minimal encodes)": json_dumps,
+        "telemetry (observe_append: metrics hook, OpenTelemetry span)": telemetry,
+        "psycopg dumps eventstore's parameters (4 binary arrays)": dumps(arrays, array_formats),
+        "psycopg dumps raw_minimal's parameters (6 per event)": dumps(minimal, [PyFormat.AUTO] * len(minimal)),
+        "psycopg dumps the events as one JSON text (an alternative)": dumps(one_text, [PyFormat.AUTO] * 3),
+    }
+
+
+def _rows(results: Results, section: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = results.as_json()["rows"]
+    return [row for row in rows if row["section"] == section]
+
+
+def _writers(case: str) -> int:
+    return int(case.split(" ", 1)[0])
+
+
+def _events(case: str) -> int:
+    return int(case.split(", ", 1)[1].split(" ", 1)[0])
+
+
+def _case_order(case: str) -> tuple[int, int]:
+    return _writers(case), _events(case)
