@@ -104,6 +104,14 @@ _PARTS: tuple[tuple[str, str, str], ...] = (
         "eventstore_no_notify",
         "eventstore_statement",
     ),
+    (
+        "eventstore's statement and validation vs the raw insert, same table (gap-rule look-up, expectation, "
+        "RETURNING, 4 binary arrays; the triggers, measured above, subtracted)",
+        "eventstore_statement",
+        "raw",
+    ),
+    ("the real table vs the minimal one, raw inserts (its indexes, column and checks)", "raw", "raw_minimal"),
+    ("**eventstore vs the absolute limit** (raw_minimal)", "eventstore", "raw_minimal"),
 )
 
 
@@ -184,63 +192,66 @@ def measure_append_breakdown(server: BenchServer, results: Results, plan: Plan) 
     measure_client_parts(results, iterations=plan.breakdown_client_iterations, repeats=plan.breakdown_repeats)
     title = "What each part costs per append (us; with several writers: and its share of eventstore's time)"
     results.tables.append((title, cost_table(results)))
+    title = "What each part costs in CPU per append (us, client + server; and its share of eventstore's CPU)"
+    results.tables.append((title, cost_table(results, by="cpu")))
     results.tables.append(("CPU per append (us): the writers' (client) / the server's", cpu_table(results)))
 
 
-def cost_table(results: Results) -> str:
-    """The derived table: each part's cost per append from the medians of one run."""
-    cases = sorted({row["case"] for row in _rows(results, SECTION)}, key=_case_order)
-    lines = [
-        "| part (what it is for) | " + " | ".join(cases) + " |",
-        "|---|" + "---|" * len(cases),
-    ]
+def cost_table(results: Results, *, by: str = "time") -> str:
+    """Each part's cost per append from the medians of one run.
+
+    ``by="time"``: time per append (1e6 x events / events per second of all
+    writers: with one writer the append's latency, with several the
+    throughput's time); ``by="cpu"``: the client's plus the server's CPU time
+    per append, less sensitive to load that drifts on a shared machine.
+    """
+    rows = {(row["case"], row["contender"]): row for row in _rows(results, SECTION)}
+    cases = sorted({case for case, _ in rows}, key=_case_order)
 
     def per_append(contender: str, case: str) -> float | None:
+        row = rows.get((case, contender))
+        if row is None:
+            return None
+        if by == "cpu":
+            server = row["extra"].get("server CPU us/append")
+            if not server:
+                return None
+            return float(statistics.median(row["extra"]["client CPU us/append"]) + statistics.median(server))
         median = results.median(SECTION, case, contender)
         return None if not median else _events(case) / median * 1e6
 
-    def cell(case: str, minuend: float | None, subtrahend: float | None) -> str:
-        full = per_append("eventstore", case)
-        if minuend is None or subtrahend is None or not full:
-            return ""
-        cost = minuend - subtrahend
-        return f"{cost:.0f}" if _writers(case) == 1 else f"{cost:.0f} ({cost / full:.0%})"
+    def cost(case: str, with_part: str, without_part: str) -> float | None:
+        first, second = per_append(with_part, case), per_append(without_part, case)
+        if first is None or second is None:
+            return None
+        if with_part == "eventstore_statement":  # its database has the triggers that raw's has disabled
+            for trigger in ("no_forbid_triggers", "no_notify_trigger"):
+                if (trigger_cost := cost(case, "eventstore", trigger)) is not None:
+                    first -= trigger_cost
+        return first - second
 
+    def cell(case: str, value: float | None) -> str:
+        full = per_append("eventstore", case)
+        if value is None or not full:
+            return ""
+        return f"{value:.0f}" if _writers(case) == 1 and by == "time" else f"{value:.0f} ({value / full:.0%})"
+
+    lines = ["| part (what it is for) | " + " | ".join(cases) + " |", "|---|" + "---|" * len(cases)]
     for label, with_part, without_part in _PARTS:
-        cells = [cell(case, per_append(with_part, case), per_append(without_part, case)) for case in cases]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    # The chain down to the absolute limit, from the same medians.
-    chain = (
-        (
-            "eventstore's statement and validation vs the raw insert, same table (gap-rule look-up, expectation, "
-            "RETURNING, 4 binary arrays; the triggers, measured above, subtracted)",
-            "eventstore_statement",
-            "raw",
-        ),
-        ("the real table vs the minimal one, raw inserts (all its indexes, column and checks)", "raw", "raw_minimal"),
-        ("**eventstore vs the absolute limit** (raw_minimal)", "eventstore", "raw_minimal"),
+        cells = [cell(case, cost(case, with_part, without_part)) for case in cases]
+        if any(cells):  # a row per part measured (--quick measures a few)
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    totals = [f"{case}: {value:.0f}" for case in cases if (value := per_append("eventstore", case)) is not None]
+    what = (
+        "Time per append (us: 1e6 x events / events per second of all writers; with several writers that is "
+        "throughput time, not latency)"
+        if by == "time"
+        else "CPU per append (us: the writers' and the server's together; shares are of eventstore's)"
     )
-    for label, minuend, subtrahend in chain:
-        cells = []
-        for case in cases:
-            first, second = per_append(minuend, case), per_append(subtrahend, case)
-            if first is not None and minuend == "eventstore_statement":
-                triggers = [
-                    per_append(a, case) - per_append(b, case)  # type: ignore[operator]
-                    for a, b in (("eventstore", "no_forbid_triggers"), ("eventstore", "no_notify_trigger"))
-                    if per_append(a, case) is not None and per_append(b, case) is not None
-                ]
-                first -= sum(triggers)
-            cells.append(cell(case, first, second))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    times = [
-        f"{case}: {per_append('eventstore', case):.0f}" for case in cases if per_append("eventstore", case) is not None
-    ]
     lines += [
         "",
-        "Time per append (us: 1e6 x events / events per second of all writers; with 8 writers that is throughput "
-        f"time, not latency) of eventstore: {'; '.join(times)}. Negative or small figures are within the noise of "
-        "the rounds (see the min-max of the rows above).",
+        f"{what} of eventstore: {'; '.join(totals)}. Negative or small figures are within the noise of the rounds "
+        "(see the min-max of the rows above).",
     ]
     return "\n".join(lines)
 
