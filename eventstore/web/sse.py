@@ -87,15 +87,18 @@ class Frames:
 
     Keyed by ``global_position``: a stored event never changes (the table
     forbids ``UPDATE`` and ``DELETE``) and a position is never reused, so two
-    streams that send the same position send the same bytes. Holds the
-    latest ``size`` events (oldest out first), which covers the live feed and
-    streams catching up together.
+    streams that send the same position send the same bytes. Holds the latest
+    ``size`` events and at most ``max_bytes`` of messages (oldest out first;
+    a message larger than that is encoded for each stream and never held),
+    which covers the live feed and streams catching up together.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 4096, max_bytes: int = 16 * 1024 * 1024) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self.encoded = 0
         """How many messages were encoded (tests compare it with the messages sent)."""
+        self.held_bytes = 0
         self._frames: OrderedDict[int, bytes] = OrderedDict()
 
     def join(self, events: list[RecordedEvent]) -> bytes:
@@ -108,9 +111,13 @@ class Frames:
     def _encode(self, event: RecordedEvent) -> bytes:
         frame = encode_event(event)
         self.encoded += 1
-        self._frames[event.global_position] = frame
-        if len(self._frames) > self.size:
-            self._frames.popitem(last=False)
+        if len(frame) > self.max_bytes:
+            return frame
+        frames = self._frames
+        frames[event.global_position] = frame
+        self.held_bytes += len(frame)
+        while len(frames) > self.size or self.held_bytes > self.max_bytes:
+            self.held_bytes -= len(frames.popitem(last=False)[1])
         return frame
 
 

@@ -163,7 +163,7 @@ def test_the_shared_encoding_is_byte_identical_to_the_per_client_one_it_replaced
     assert frames.join(SAMPLES) == b"".join(encode_event(sample) for sample in SAMPLES)
 
 
-def test_frames_encode_each_position_once_and_hold_a_bounded_number() -> None:
+def test_frames_encode_each_position_once_and_hold_a_bounded_number_and_size() -> None:
     frames = Frames(size=3)
     for _ in range(5):
         frames.join(SAMPLES[:3])
@@ -171,6 +171,14 @@ def test_frames_encode_each_position_once_and_hold_a_bounded_number() -> None:
     frames.join(SAMPLES[3:])  # the oldest goes out
     frames.join(SAMPLES[:1])
     assert frames.encoded == 5
+    sizes = [len(encode_event(event)) for event in SAMPLES]
+    frames = Frames(max_bytes=sizes[0] + sizes[1])
+    frames.join(SAMPLES[:3])  # the third pushes the first two out (bytes, not count)
+    assert frames.held_bytes == sizes[2] <= frames.max_bytes
+    big = recorded(5, "Big", {"blob": "x" * 1_000})
+    frames = Frames(max_bytes=500)
+    assert frames.join([big, big]) == encode_event(big) * 2
+    assert (frames.encoded, frames.held_bytes) == (2, 0)  # too large to hold: encoded each time
 
 
 def test_data_is_what_eventstore_read_json_prints(web: WebServer, database_url: str) -> None:
