@@ -72,8 +72,9 @@ def create_orders_app(url: str, *, projections: Sequence[Projection] | None = No
     up to date in a background thread for the app's lifetime. The runner is
     sync by design: it holds a LISTEN connection and applies its projections on
     a few worker threads of its own, each batch under the projection's lease,
-    so it never blocks the event loop, and eventstore has no asyncio runner. Another runner (``eventstore projections run``, or a second copy
-    of this app) may run at the same time: exactly one applies each projection,
+    so it never blocks the event loop, and eventstore has no asyncio runner.
+    Another runner (``eventstore projections run``, or a second copy of this
+    app) may run at the same time: exactly one applies each projection,
     and ``wait_until_processed`` reads the stored checkpoints, so it works
     whichever one does.
     """

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from eventstore import DatabaseUnavailable, EventStore, InvalidEvent, NewEvent, SchemaNotReady
 from eventstore.testing import TestServer
 
-SAME_ID = uuid.UUID("5a1d0c3e-0000-4000-8000-000000000042")  # fixed: test ids must be the same in every process (pytest-xdist)
+# Fixed, not random: every test process (pytest-xdist) must collect the same test ids.
+SAME_ID = uuid.UUID("5a1d0c3e-0000-4000-8000-000000000042")
 
 BAD_APPENDS = [
     ("", [NewEvent("T", {})], "stream_id: must not be empty"),

@@ -176,8 +176,9 @@ class LostStatement(Projection):
 
     name = "lost_statement"
 
-    def apply(self, event: RecordedEvent, conn: sa.Connection) -> None:
+    def apply(self, event: RecordedEvent, conn: sa.Connection) -> bool:
         conn.exec_driver_sql("EXECUTE eventstore_no_such_statement")
+        return True
 
 
 def test_a_prepared_statement_lost_by_a_pooler_is_not_a_poison_event(store: EventStore) -> None:

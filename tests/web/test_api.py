@@ -235,6 +235,7 @@ def test_serve_runs_the_app_on_any_address_with_a_token_until_ctrl_c(database_ur
 def test_the_app_closes_the_dashboard_store_at_shutdown(database_url: str, engine: sa.Engine) -> None:
     """The dashboard reads through a sync store of its own; the app's lifespan closes it (the caller's store stays)."""
     import asyncio
+    import time
 
     from eventstore.store import AsyncEventStore
     from eventstore.web import create_app
@@ -253,7 +254,10 @@ def test_the_app_closes_the_dashboard_store_at_shutdown(database_url: str, engin
             async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
                 await app.state.dashboard.snapshot_fragments("")  # type: ignore[attr-defined]
                 during = backends()
-            after = backends()
+            # A backend leaves pg_stat_activity shortly after its client closed the connection.
+            deadline = time.monotonic() + 10
+            while (after := backends()) >= during and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             return during, after, await store.head_position() == 0
 
     during, after, store_still_usable = asyncio.run(scenario())
