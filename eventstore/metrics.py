@@ -130,7 +130,8 @@ class Metrics(instruments.Instruments):
         )
         self.wakeup_latency = histogram(
             "eventstore_projection_wakeup_latency_seconds",
-            "Per event: from its commit (recorded_at, database clock) to the commit of the batch that applied it.",
+            "Per event: from its append (recorded_at: the appending transaction's start, database clock) to the "
+            "commit of the batch that applied it (this host's clock).",
             ["projection"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
