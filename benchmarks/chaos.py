@@ -988,14 +988,12 @@ def _fault_loop(
 
     def may_restart(now: float) -> bool:
         # The schedule is a plan: the loop runs late after a takeover wait, so check again now. Never
-        # during the stall (a restart would end it), around the leg switch, or before the leg's first kill.
+        # during the stall (a restart would end it) or around the leg switch.
         if any(low <= now <= high for low, high in avoid) or now - switched_at < 3:
             return False
         if stall is not None and stall.open.is_set():
             return False
-        if processes.leg == "pgbouncer" and not settings.restarts_in_pgbouncer_leg:
-            return False
-        return bool(figures.leg(processes.leg)["kill_active_runner"])
+        return not (processes.leg == "pgbouncer" and not settings.restarts_in_pgbouncer_leg)
 
     # A leg whose first SIGKILL has not happened yet (a loaded machine: slow handovers) goes on for up
     # to ``kill_grace`` more seconds, after the writers stopped if need be: every leg proves a takeover.
@@ -1568,8 +1566,14 @@ def print_figures(figures: Figures) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--short", action="store_true", help="the short form run by the test suite (about 60 s)")
-    parser.add_argument("--seconds", type=float, help="duration of the write + fault phase")
+    parser.add_argument(
+        "--short", action="store_true", help="the short form (30 s of writes; the test suite runs it for 20 s)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="duration of the write + fault phase (the required kills and the restarts scale with it)",
+    )
     parser.add_argument("--url", help="a migrated database (default: a private server, restartable)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stall-seconds", type=float, help="how long the stall holds its xid (0: no stall)")
@@ -1597,6 +1601,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(SHORT) if arguments.short else SoakSettings()
     settings.seed = arguments.seed
     if arguments.seconds is not None:
+        # The required kills and the restarts scale with the duration (the defaults are for the default's).
+        scale = arguments.seconds / settings.seconds
+        settings.min_kills = max(2, round(settings.min_kills * scale))
+        settings.min_kills_per_leg = max(1, round(settings.min_kills_per_leg * scale))
+        settings.restarts = max(1 if settings.restarts else 0, round(settings.restarts * scale))
         settings.seconds = arguments.seconds
     if arguments.stall_seconds is not None:
         settings.stall_seconds = arguments.stall_seconds
