@@ -190,6 +190,8 @@ def measure_append_breakdown(server: BenchServer, results: Results, plan: Plan) 
     finally:
         pool.close()
     measure_client_parts(results, iterations=plan.breakdown_client_iterations, repeats=plan.breakdown_repeats)
+    if "eventstore" in contenders:
+        profile_client(server, results, appends=plan.breakdown_profile_appends)
     title = "What each part costs per append (us; with several writers: and its share of eventstore's time)"
     results.tables.append((title, cost_table(results)))
     title = "What each part costs in CPU per append (us, client + server; and its share of eventstore's CPU)"
@@ -275,6 +277,79 @@ def cpu_table(results: Results) -> str:
             cells.append(f"{client:.0f} / {statistics.median(server):.0f}" if server else f"{client:.0f} / -")
         lines.append(f"| {contender} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def profile_client(server: BenchServer, results: Results, *, appends: int) -> None:
+    """Where eventstore's client CPU goes: cProfile (process time) of appends in this process, shares by part.
+
+    The profiler slows call-heavy code most (psycopg's array dumping), so the
+    shares guide; the microseconds come from the writers' CPU per append.
+    """
+    import cProfile
+    import pstats
+
+    from eventstore import NO_STREAM, EventStore, NewEvent
+
+    shares: dict[str, dict[int, float]] = {}
+    with EventStore(server.url("breakdown_eventstore")) as store:
+        for events in (1, 10):
+            count = max(10, appends // events)
+            prefix = f"profile-{events}-{uuid.uuid4().hex[:8]}"
+            for index in range(20):  # connect, prepare
+                store.append(f"{prefix}-warm-{index}", [NewEvent("BenchEvent", PAYLOAD)], expected_version=NO_STREAM)
+            profile = cProfile.Profile(time.process_time)
+            profile.enable()
+            for index in range(count):
+                new_events = [NewEvent("BenchEvent", PAYLOAD) for _ in range(events)]
+                store.append(f"{prefix}-{index}", new_events, expected_version=NO_STREAM)
+            profile.disable()
+            own: dict[str, float] = {}
+            stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+            for (filename, _, function), (_, _, own_seconds, _, callers) in stats.items():
+                part = _client_part_of(filename, function, callers)
+                own[part] = own.get(part, 0.0) + own_seconds
+            total = sum(own.values()) or 1.0
+            for part, seconds in own.items():
+                shares.setdefault(part, {})[events] = seconds / total
+    lines = ["| part | 1 event/append | 10 events/append |", "|---|---|---|"]
+    for part, by_size in sorted(shares.items(), key=lambda item: -item[1].get(1, 0.0)):
+        lines.append(f"| {part} | {by_size.get(1, 0.0):.0%} | {by_size.get(10, 0.0):.0%} |")
+    results.tables.append(
+        ("Where eventstore's client CPU goes (cProfile of one writer, process time)", "\n".join(lines))
+    )
+
+
+_PROFILE_PARTS = (
+    # (part, substrings of the file name of the function whose own time counts for it)
+    (
+        "telemetry (observe_append, the OpenTelemetry API's span)",
+        ("opentelemetry", "tracing.py", "telemetry.py", "instruments.py"),
+    ),
+    ("validation and JSON encoding", ("validation.py", "/json/")),
+    (
+        "psycopg: dumping the parameters (4 binary arrays)",
+        ("/psycopg/types/", "_queries.py", "_adapters_map.py", "/psycopg/adapt.py"),
+    ),
+    ("psycopg: executing, waiting, fetching (client side)", ("/psycopg/",)),
+    ("append connections and the wake-up (appender.py)", ("appender.py",)),
+    (
+        "the store: protocol generator, EventStore, error mapping",
+        ("protocol.py", "event_store.py", "database.py", "poolers.py"),
+    ),
+    ("context managers (contextlib)", ("contextlib",)),
+    ("the caller: NewEvent, uuid4", ("uuid", "types.py", "dataclasses", "append_breakdown.py")),
+)
+
+
+def _client_part_of(filename: str, function: str, callers: dict[tuple[str, int, str], object]) -> str:
+    """The part a profiled function belongs to; built-ins count for the part of their (first) caller."""
+    if filename == "~" and callers:
+        caller_file, _, caller_function = next(iter(callers))
+        return _client_part_of(caller_file, caller_function, {})
+    for part, markers in _PROFILE_PARTS:
+        if any(marker in filename for marker in markers):
+            return part
+    return "other"
 
 
 def measure_client_parts(results: Results, *, iterations: int, repeats: int) -> None:

@@ -52,6 +52,8 @@ class Plan:
     """Calls timed per client part (validation, telemetry, parameter dumping) and round."""
     breakdown_contenders: tuple[str, ...] | None = None
     """The breakdown's contenders (None: all of ``benchmarks.append_breakdown.CONTENDERS``)."""
+    breakdown_profile_appends: int = 3000
+    """Events appended under cProfile, in appends of 1 and of 10 (where eventstore's client CPU goes)."""
 
 
 FULL = Plan(
@@ -86,5 +88,6 @@ QUICK = Plan(
     breakdown_repeats=1,
     breakdown_seconds=0.1,
     breakdown_client_iterations=100,
+    breakdown_profile_appends=100,
     breakdown_contenders=("eventstore", "stripped", "raw_minimal"),
 )

@@ -56,7 +56,7 @@ def test_quick_run_writes_the_markdown_table_and_the_raw_json(tmp_path: Path) ->
     assert eventstore["extra"]["client CPU us/append"][0] > 0
     # The breakdown: its variants' rows, and the table of what each part costs derived from them.
     assert rows[("Breakdown", "1 writer, 1 event/append", "stripped")]["samples"]
-    assert [table["title"].split(" ")[0] for table in results["tables"]] == ["What", "What", "CPU"]
+    assert [table["title"].split(" ")[0] for table in results["tables"]] == ["Where", "What", "What", "CPU"]
     assert "eventstore vs the absolute limit" in markdown
     catch_up = rows[("Catch-up", "catch-up", "raw keyset read + JSON decode")]
     assert catch_up["extra"]["events"] == [20_000, 20_000]
