@@ -30,21 +30,19 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eventstore import instruments
-from eventstore.database import is_connection_error, libpq_url, translate_driver_errors, url_of
-from eventstore.errors import ConfigurationError, ProjectionError, ProjectionTimeout, first_line
+from eventstore.database import libpq_url, translate_driver_errors, url_of
+from eventstore.errors import ConfigurationError, ProjectionError, ProjectionTimeout
 from eventstore.projection import Projection
-from eventstore.runner import checkpoints, ownership
 from eventstore.runner.checkpoints import Cursor
 from eventstore.runner.connections import session_engine
+from eventstore.runner.leases import LeaseKeeper
 from eventstore.runner.listener import Listener
 from eventstore.runner.ownership import owner_id
 from eventstore.runner.session import ProjectionSession
 from eventstore.runner.settings import RunnerSettings
-from eventstore.runner.stalls import StallWatch
+from eventstore.runner.stalls import HeldBackCheck, StallWatch
 from eventstore.runner.waiting import wait_until_processed
 from eventstore.runner.worker import Schedule, Worker
 from eventstore.store import NOTIFY_CHANNEL, EventStore
@@ -53,16 +51,6 @@ from eventstore.types import RecordedEvent
 __all__ = ["ProjectionRunner"]
 
 logger = logging.getLogger(__name__)
-
-# How many more connections the server accepts now (checked against the budget at start).
-_ROOM = sa.text(
-    """
-    SELECT m.max_connections, u.used, m.max_connections - r.reserved - u.used AS free
-    FROM (SELECT current_setting('max_connections')::int AS max_connections) AS m,
-         (SELECT current_setting('superuser_reserved_connections')::int AS reserved) AS r,
-         (SELECT count(*)::int AS used FROM pg_stat_activity WHERE backend_type = 'client backend') AS u
-    """
-)
 
 
 class ProjectionRunner:
@@ -128,16 +116,18 @@ class ProjectionRunner:
         self.failed: list[str] = []
         """Projections the last :meth:`run_until_caught_up` left stopped on a poison event."""
         self._progress = threading.Condition()
-        self._lock = threading.Lock()
-        self._sessions: dict[str, ProjectionSession] = {}
-        self._standing_by: set[str] = set()
         self._schedule = Schedule()
+        self._leases = LeaseKeeper(
+            self.projections,
+            owner=self.owner,
+            settings=self.settings,
+            stop=self._stop,
+            schedule=self._schedule,
+            on_batch=on_batch,
+            on_commit=self._on_commit,
+        )
+        self._held_back: HeldBackCheck | None = None
         self._workers: list[Worker] = []
-        self._held_back_lock = threading.Lock()
-        self._held_back_at = -1e9
-        self._held_back_value = False
-        self._held_back_wakes = -1
-        self._wakes = 0
         self.listener: Listener = Listener(
             libpq_url(url_of(listen_url) if listen_url else store.engine),
             NOTIFY_CHANNEL,
@@ -167,24 +157,23 @@ class ProjectionRunner:
         engine = session_engine(self.store.engine, application_name="eventstore-runner",
                                 pool_size=settings.connections - 1)  # fmt: skip
         store = EventStore(engine, read_batch_size=self.store.read_batch_size)
-        listener = self.listener
-        self._engine, self._store = engine, store
-        self._stalls = StallWatch(store, warn_after=settings.stall_warning_after)
+        watch = StallWatch(store, warn_after=settings.stall_warning_after)
+        self._held_back = held_back = HeldBackCheck(store, watch, interval=settings.held_back_interval)
         self._workers = [
             Worker(
                 number,
                 self._schedule,
-                self._session,
+                self._leases.session,
                 settings=settings,
                 stop=self._stop,
-                held_back=self._held_back,
-                on_lost=self._lost,
+                held_back=held_back,
+                on_lost=self._leases.lost,
             )
             for number in range(1, min(settings.connections - 2, len(self.projections)) + 1)
         ]
         threads = [
-            threading.Thread(target=listener.run, args=(self._stop,), name="eventstore-listener", daemon=True),
-            threading.Thread(target=self._keep_leases, name="eventstore-leases", daemon=True),
+            threading.Thread(target=self.listener.run, args=(self._stop,), name="eventstore-listener", daemon=True),
+            threading.Thread(target=self._leases.run, args=(engine, store), name="eventstore-leases", daemon=True),
         ]
         with self._signal_handlers():
             logger.info("runner starting", extra={"owner": self.owner, "projections": self._names(),
@@ -218,8 +207,7 @@ class ProjectionRunner:
 
     def active_projections(self) -> list[str]:
         """Names of the projections this runner holds the lease of and has set up (the others stand by)."""
-        with self._lock:
-            return [p.name for p in self.projections if p.name in self._sessions and self._sessions[p.name].ready]
+        return self._leases.active()
 
     def _shutdown(self, threads: list[threading.Thread]) -> None:
         deadline = time.monotonic() + self.shutdown_timeout
@@ -231,136 +219,7 @@ class ProjectionRunner:
                              self.shutdown_timeout)  # fmt: skip
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            sessions = list(self._sessions.values())
-            self._sessions.clear()
-        for session in sessions:
-            instruments.current().projection_active(session.name, False)
-            session.release()
-
-    # -- leases -----------------------------------------------------------------
-
-    def _keep_leases(self) -> None:
-        """Thread body: renew the leases held, and take the free ones, on one pooled connection at a time.
-
-        A standby's retry is one query for all its projections, on a pooled
-        connection: no new connection per retry.
-        """
-        settings = self.settings
-        renew_every = settings.lease_ttl / 3
-        next_renew = next_take = 0.0
-        renewed_at = time.monotonic()
-        delay = settings.reconnect_initial_delay
-        started = False
-        while not self._stop.is_set():
-            now = time.monotonic()
-            try:
-                if not started:
-                    self._start_leases()
-                    started = True
-                if now >= next_renew:
-                    with self._lock:
-                        held = [session.lease for session in self._sessions.values()]
-                    with self._engine.begin() as connection:
-                        lost = ownership.renew(connection, held, ttl=settings.lease_ttl)
-                    renewed_at, next_renew = now, now + renew_every
-                    for lease in lost:
-                        self._lost(lease.name)
-                if now >= next_take:
-                    self._take_free_leases()
-                    next_take = now + settings.lock_retry_interval
-                delay = settings.reconnect_initial_delay
-            except Exception as error:
-                if is_connection_error(error):
-                    logger.warning("runner: database connection lost (%s); retrying in %.1f s", first_line(error),
-                                   delay, extra={"owner": self.owner, "retry_in": delay})  # fmt: skip
-                else:
-                    logger.exception("runner: lease keeping failed; retrying in %.1f s", delay,
-                                     extra={"owner": self.owner, "retry_in": delay})  # fmt: skip
-                if time.monotonic() - renewed_at > settings.lease_ttl:
-                    for name in self._names():
-                        self._lost(name)  # expired by now: whoever takes over next has a new token
-                self._stop.wait(delay)
-                delay = min(delay * 2, settings.reconnect_max_delay)
-                continue
-            self._stop.wait(max(0.0, min(next_renew, next_take) - time.monotonic()))
-
-    def _start_leases(self) -> None:
-        with self._engine.begin() as connection:
-            for projection in self.projections:
-                checkpoints.ensure(connection, projection.name)
-            room = connection.execute(_ROOM).one()
-        if room.free < self.settings.connections:
-            logger.warning(
-                "runner: the server has room for %d more connection(s) (max_connections=%d, %d in use) but this "
-                "runner's budget is %d; raise max_connections or lower connections=",
-                room.free, room.max_connections, room.used, self.settings.connections,
-                extra={"owner": self.owner},
-            )  # fmt: skip
-
-    def _take_free_leases(self) -> None:
-        with self._lock:
-            free = [name for name in self._names() if name not in self._sessions]
-        if not free:
-            return
-        with self._engine.begin() as connection:
-            taken = ownership.acquire(connection, free, self.owner, ttl=self.settings.lease_ttl)
-        by_name = {projection.name: projection for projection in self.projections}
-        for lease in taken:
-            session = ProjectionSession(
-                self._store,
-                by_name[lease.name],
-                self._engine,
-                lease,
-                settings=self.settings,
-                stop=self._stop,
-                on_batch=self.on_batch,
-                on_commit=self._on_commit,
-            )
-            with self._lock:
-                self._sessions[lease.name] = session
-            self._standing_by.discard(lease.name)
-            instruments.current().projection_active(lease.name, True)
-        self._schedule.wake(lease.name for lease in taken)
-        for name in set(free) - {lease.name for lease in taken} - self._standing_by:
-            self._standing_by.add(name)
-            logger.info("projection %s: leased by another runner; standing by", name,
-                        extra={"projection_name": name})  # fmt: skip
-
-    def _session(self, name: str) -> ProjectionSession | None:
-        with self._lock:
-            return self._sessions.get(name)
-
-    def _lost(self, name: str) -> None:
-        with self._lock:
-            session = self._sessions.pop(name, None)
-        if session is None:
-            return
-        self._schedule.forget(name)
-        instruments.current().projection_active(name, False)
-        logger.warning("projection %s: lease lost (another owner took it over after it expired); standing by",
-                       name, extra={"projection_name": name, "owner": self.owner})  # fmt: skip
-
-    def _held_back(self) -> bool:
-        """Whether events wait behind the fence, asked before a read (see :meth:`Worker._turn`).
-
-        One answer serves every worker until the next wake-up (an event that
-        becomes held back was committed, and so sent a wake-up, after it) or
-        for ``held_back_interval`` at most.
-        """
-        now = time.monotonic()
-        with self._held_back_lock:
-            if self._held_back_wakes == self._wakes and now - self._held_back_at < self.settings.held_back_interval:
-                return self._held_back_value
-            wakes = self._wakes
-        try:
-            value = self._store.held_back()
-        except Exception:  # the turn's read reports a lost connection; re-check soon meanwhile
-            return True
-        with self._held_back_lock:
-            self._held_back_at, self._held_back_value, self._held_back_wakes = now, value, wakes
-        self._stalls.observe(value)
-        return value
+        self._leases.release_all()
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:
@@ -384,11 +243,9 @@ class ProjectionRunner:
         self.stop()
 
     def _on_wake(self, reason: str) -> None:
-        with self._held_back_lock:
-            self._wakes += 1
-        with self._lock:
-            owned = list(self._sessions)
-        self._schedule.wake(owned)
+        if self._held_back is not None:
+            self._held_back.woken()
+        self._schedule.wake(self._leases.owned())
 
     def _on_commit(self, name: str, cursor: Cursor) -> None:
         with self._progress:

@@ -18,7 +18,7 @@ from eventstore.errors import first_line
 from eventstore.store import EventStore
 from eventstore.store.stalls import fence_blockers
 
-__all__ = ["StallWatch"]
+__all__ = ["HeldBackCheck", "StallWatch"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +65,44 @@ class StallWatch:
             who,
             extra={"stall_seconds": stalled, "blockers": who},
         )
+
+
+class HeldBackCheck:
+    """Whether events wait behind the fence: asked by the workers before each read, one query for them all.
+
+    Asked before the read, never after (see :meth:`eventstore.runner.worker.Worker`):
+    an event the read cannot see yet was committed before the check, which
+    then says so. One answer serves every worker until the next wake-up (an
+    event that becomes held back was committed, and so sent a wake-up, after
+    it) or for ``interval`` seconds at most. Each answer also goes to ``watch``.
+    """
+
+    def __init__(self, store: EventStore, watch: StallWatch, *, interval: float) -> None:
+        self.store = store
+        self.watch = watch
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._wakes = 0
+        self._answered_at = -1e9
+        self._answered_wakes = -1
+        self._answer = False
+
+    def woken(self) -> None:
+        """A wake-up arrived: the next question gets a fresh answer."""
+        with self._lock:
+            self._wakes += 1
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self._answered_wakes == self._wakes and now - self._answered_at < self.interval:
+                return self._answer
+            wakes = self._wakes
+        try:
+            answer = self.store.held_back()
+        except Exception:  # the turn's read reports a lost connection; re-check soon meanwhile
+            return True
+        with self._lock:
+            self._answered_at, self._answered_wakes, self._answer = now, wakes, answer
+        self.watch.observe(answer)
+        return answer
