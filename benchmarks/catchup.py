@@ -111,7 +111,11 @@ def _forget_eventsourcing(server: BenchServer, events_table: str) -> None:
 
 
 def measure_catchup(server: BenchServer, results: Results, plan: Plan) -> None:
-    """(a) count, (b) row per event, raw keyset read and the eventsourcing library, interleaved."""
+    """(a) count, (b) row per event, raw keyset read and the eventsourcing library, interleaved.
+
+    The per-event handlers run twice: as the runner runs them by default (their writes deferred and sent
+    many at a time, :mod:`eventstore.runner.deferred`) and with ``defer_writes=False`` (one round trip each).
+    """
     server.create_database(_DATABASE)
     logger.info("loading %d events", plan.catchup_events)
     load_events(server.libpq_url(_DATABASE), plan.catchup_events)
@@ -136,6 +140,12 @@ def measure_catchup(server: BenchServer, results: Results, plan: Plan) -> None:
             "url": server.url(_DATABASE),
             "projection": "count",
         },
+        "eventstore (a) count in one row, per-event handler, defer_writes=False": {
+            "kind": "projection",
+            "url": server.url(_DATABASE),
+            "projection": "count",
+            "settings": {"defer_writes": False},
+        },
         "eventstore (b) row per event, apply_batch": {
             "kind": "projection",
             "url": server.url(_DATABASE),
@@ -145,6 +155,12 @@ def measure_catchup(server: BenchServer, results: Results, plan: Plan) -> None:
             "kind": "projection",
             "url": server.url(_DATABASE),
             "projection": "rows",
+        },
+        "eventstore (b) row per event, per-event handler, defer_writes=False": {
+            "kind": "projection",
+            "url": server.url(_DATABASE),
+            "projection": "rows",
+            "settings": {"defer_writes": False},
         },
         "eventsourcing library (count in one row)": {
             "kind": "eventsourcing",
