@@ -100,9 +100,18 @@ _RELEASE = sa.text(
     WHERE projection_name = :name AND lease_token = :token
     """
 )
+# A lease is held while unexpired, and also while a batch of its owner runs: the batch renews
+# it in its own (uncommitted) transaction, and renew() skips the row it locks, so the committed
+# expiry of a batch longer than the time to live is in the past although nobody can take the
+# lease. Such a row's xmax is the running batch's xid, on which that transaction holds a lock.
 _OWNERS = sa.text(
-    "SELECT projection_name, owner FROM projection_checkpoints "
-    "WHERE projection_name = ANY(CAST(:names AS text[])) AND owner IS NOT NULL AND lease_expires_at > clock_timestamp()"
+    """
+    SELECT c.projection_name, c.owner FROM projection_checkpoints AS c
+    WHERE c.projection_name = ANY(CAST(:names AS text[])) AND c.owner IS NOT NULL
+      AND (c.lease_expires_at > clock_timestamp()
+           OR EXISTS (SELECT 1 FROM pg_locks AS l
+                      WHERE l.locktype = 'transactionid' AND l.transactionid = c.xmax AND l.granted))
+    """
 )
 # Serialises projections' setup() (CREATE TABLE IF NOT EXISTS races on the catalog).
 # Transaction-scoped, so it works through a transaction-mode pooler too.
@@ -176,7 +185,7 @@ def release(conn: Connection, lease: Lease) -> bool:
 
 
 def lock_owners(conn: Connection, names: Sequence[str]) -> Mapping[str, str]:
-    """The owner of each projection among ``names`` whose lease is held now (unexpired)."""
+    """The owner of each projection among ``names`` whose lease is held now (unexpired, or in a running batch)."""
     return {row.projection_name: row.owner for row in conn.execute(_OWNERS, {"names": list(names)})}
 
 

@@ -174,16 +174,26 @@ def test_a_long_batch_keeps_its_lease_even_past_the_time_to_live(store: EventSto
         finally:
             other.dispose()
 
+    owners: list[str | None] = []
+
+    def look_during_the_batch() -> None:
+        done.wait(1.5)  # past the 1 s lease, before the 2 s batch commits
+        owners.append(admin.projection_status(store, ["ledger"])[0].owner)
+
     thread = threading.Thread(target=try_to_take_over)
+    looker = threading.Thread(target=look_during_the_batch)
     thread.start()
+    looker.start()
     try:
         assert slow.catch_up().caught_up
         done.wait(0.3)  # the other keeps trying for a while after the commit
     finally:
         done.set()
         thread.join(10)
+        looker.join(10)
     assert len(_applied(engine)) == 20
     assert taken == []  # the batch held the row, and renewed the lease before it committed
+    assert owners == ["slow:1"]  # status names the owner while its batch runs past the committed expiry
     slow.release()
 
 
