@@ -25,13 +25,11 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg import pq
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from eventstore.database import CLIENT_KEEPALIVES
 from eventstore.errors import ConfigurationError
-from eventstore.store.poolers import prepared_statements_for, share_choice
+from eventstore.store.poolers import guard_engine, prepared_statements_for, share_choice
 
 __all__ = ["KEEPALIVE_OPTIONS", "session_engine"]
 
@@ -74,14 +72,5 @@ def session_engine(
     if prepared_statements is None:
         share_choice(runner_engine, choice)  # stores made on it (the runner's reads) decide nothing again
 
-    @event.listens_for(runner_engine, "connect")
-    def _no_prepared_statements_behind_a_pooler(driver: Any, record: Any) -> None:
-        # ``driver`` is the new psycopg Connection, before anything of the runner ran on it.
-        if not choice.decided:
-            choice.decide_sync(driver)
-            if driver.info.transaction_status != pq.TransactionStatus.IDLE:
-                driver.rollback()  # the deciding query began a transaction: hand the connection out clean
-        if choice.prepare is False:
-            driver.prepare_threshold = None
-
+    guard_engine(runner_engine, choice)
     return runner_engine

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from eventstore.database import autocommit_driver, create_engine, translate_driver_error
 from eventstore.store import protocol
 from eventstore.store.appender import append_connections
-from eventstore.store.poolers import prepared_statements_for
+from eventstore.store.poolers import guard_engine, prepared_statements_for
 from eventstore.store.telemetry import observe_append
 from eventstore.types import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 
@@ -85,6 +85,8 @@ class EventStore:
         self.notify = notify
         self._append_connections = append_connections(self.engine)
         self._prepared = prepared_statements_for(self.engine, prepared_statements)
+        if self._owns_engine:  # then append(connection=store.engine.connect()) is ours to keep safe too
+            guard_engine(self.engine, self._prepared)
         # A pool's connections ending with the program is normal (psycopg says
         # so for its own pool, and warns only for other connections): an engine
         # made here is disposed when the store is collected or at interpreter

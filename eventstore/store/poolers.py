@@ -34,12 +34,22 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import pq
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from eventstore.database import describe_target
 from eventstore.errors import ConfigurationError
 
-__all__ = ["ROUTE_SQL", "PreparedStatements", "Route", "prepared_statements_for", "route_of", "share_choice"]
+__all__ = [
+    "ROUTE_SQL",
+    "PreparedStatements",
+    "Route",
+    "guard_engine",
+    "prepared_statements_for",
+    "route_of",
+    "share_choice",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +132,27 @@ def prepared_statements_for(engine: Engine, setting: bool | None) -> PreparedSta
         if choice is None:
             choice = _BY_ENGINE[engine] = PreparedStatements(None, describe_target(engine))
         return choice
+
+
+def guard_engine(engine: Engine, choice: PreparedStatements) -> None:
+    """Make ``engine``'s own connections follow ``choice``: no automatic prepared statements where it says no.
+
+    For engines eventstore makes (a store's from a URL, the runner's):
+    statements run on them through SQLAlchemy, e.g. ``append(connection=...)``
+    on ``store.engine`` or a runner's batches, would otherwise be prepared by
+    psycopg after ``prepare_threshold`` (5) runs. The first connection of
+    either decides, if nothing did yet.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _no_prepared_statements_behind_a_pooler(driver: Any, record: Any) -> None:
+        # ``driver`` is the new psycopg Connection, before anything ran on it.
+        if not choice.decided:
+            choice.decide_sync(driver)
+            if driver.info.transaction_status != pq.TransactionStatus.IDLE:
+                driver.rollback()  # the deciding query began a transaction: hand the connection out clean
+        if choice.prepare is False:
+            driver.prepare_threshold = None
 
 
 def share_choice(engine: Engine, choice: PreparedStatements) -> None:

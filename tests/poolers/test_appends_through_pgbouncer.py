@@ -169,3 +169,26 @@ def test_a_direct_connection_keeps_prepared_statements(database_url: str, caplog
 
     assert asyncio.run(main()) is None
     assert not [record for record in caplog.records if record.levelno >= logging.INFO]
+
+
+def test_appends_in_transactions_of_the_stores_own_engine_through_transaction_mode(
+    pgbouncer: Callable[..., Any],
+) -> None:
+    """``append(connection=...)`` on ``store.engine`` behind PgBouncer 1.18: its statements are never prepared.
+
+    Before, an engine made from the URL kept psycopg's automatic prepared
+    statements, and such appends failed within seconds with 'prepared
+    statement "_pg3_0" does not exist' (found by the chaos soak).
+    """
+    bouncer = pgbouncer("transaction", pool_size=2)
+    with EventStore(bouncer.url) as store:
+
+        def write(writer: int) -> int:
+            for number in range(25):
+                with store.engine.connect() as connection, connection.begin():
+                    store.append(f"tx-{writer}-{number}", [NewEvent("Placed", {"n": number})], connection=connection)
+            return writer
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert sorted(pool.map(write, range(4))) == [0, 1, 2, 3]
+        assert len(list(store.read_all())) == 100
