@@ -65,8 +65,7 @@ from sqlalchemy.types import NullType
 
 __all__ = ["DeferredResult", "DeferredWrites", "deferrable_sql"]
 
-# The first word of a statement, after blanks and comments.
-_FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(\w+)", re.DOTALL)
+_WORD = re.compile(r"\w+")
 _RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
 _WRITES = frozenset({"insert", "update", "delete"})
 _CORE_WRITES = (sa.Insert, sa.Update, sa.Delete)
@@ -79,17 +78,23 @@ def deferrable_sql(sql: str) -> bool:
     Conservative: a ``;`` anywhere but at the end, or the word ``returning``
     anywhere (even inside a string), and the statement runs at once.
     """
-    first = _FIRST_WORD.match(sql)
-    if first is None or first.group(1).lower() not in _WRITES:
+    text = sql.lstrip()
+    while text.startswith(("--", "/*")):  # comments before the first word
+        end, skip = (text.find("\n"), 1) if text.startswith("--") else (text.find("*/"), 2)
+        text = "" if end < 0 else text[end + skip :].lstrip()
+    first = _WORD.match(text)
+    if first is None or first.group().lower() not in _WRITES:
         return False
     return ";" not in sql.strip().removesuffix(";") and _RETURNING.search(sql) is None
 
 
 def _plain_text(statement: sa.TextClause) -> bool:
-    """True when the text's bind parameters are those ``sa.text`` makes (untyped, no values).
+    """True when the text's bind parameters are those ``sa.text`` makes (untyped, no values), and no options.
 
     Two such texts with the same SQL are the same statement, so they may share an ``executemany``.
     """
+    if statement.get_execution_options():
+        return False
     for child in statement.get_children():
         if not isinstance(child, sa.BindParameter):
             return False
