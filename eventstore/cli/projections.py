@@ -234,6 +234,11 @@ def projections_rebuild(
 
     with progress_reporter(f"rebuilding {name}") as progress:
 
+        # Waited for with an Event, not Thread.join: a join interrupted by Ctrl-C may
+        # return at once afterwards (CPython before 3.13), and the rebuild thread would die
+        # with the process before releasing the projection's lease.
+        finished = threading.Event()
+
         def work() -> None:
             try:
                 outcome["count"] = admin.rebuild(
@@ -241,16 +246,17 @@ def projections_rebuild(
                 )
             except BaseException as error:  # handed to the main thread
                 outcome["error"] = error
+            finally:
+                finished.set()
 
-        worker = threading.Thread(target=work, name=f"rebuild-{name}", daemon=True)
-        worker.start()
+        threading.Thread(target=work, name=f"rebuild-{name}", daemon=True).start()
         try:
-            while worker.is_alive():
-                worker.join(0.2)
+            while not finished.wait(0.2):
+                pass
         except KeyboardInterrupt:
             stop.set()
             status("stopping after the current batch...")
-            worker.join()
+            finished.wait()
             position = admin.projection_status(store, [projection])[0].position
             status(
                 f"rebuild of {name} interrupted at position {position} (committed); continue with "
