@@ -233,7 +233,6 @@ def projections_rebuild(
     outcome: dict[str, Any] = {}
 
     with progress_reporter(f"rebuilding {name}") as progress:
-
         # Waited for with an Event, not Thread.join: a join interrupted by Ctrl-C may
         # return at once afterwards (CPython before 3.13), and the rebuild thread would die
         # with the process before releasing the projection's lease.
