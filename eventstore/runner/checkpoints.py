@@ -48,7 +48,6 @@ __all__ = [
     "record_failure",
     "resolve_failure",
     "resolve_open_failures",
-    "set_state",
     "wake_runners",
 ]
 
@@ -120,9 +119,6 @@ _ADVANCE_FROM = sa.text(
 _MOVE_TO = sa.text(
     "UPDATE projection_checkpoints SET transaction_order = CAST(:order AS xid8), global_position = :position, "
     "updated_at = now() WHERE projection_name = :name"
-)
-_SET_STATE = sa.text(
-    "UPDATE projection_checkpoints SET state = :state, owner = :owner, updated_at = now() WHERE projection_name = :name"
 )
 _MARK_FAILED = sa.text(
     "UPDATE projection_checkpoints SET state = 'failed', failed_position = :position, last_error = :error, "
@@ -262,11 +258,6 @@ def move_to(conn: Connection, name: str, cursor: Cursor) -> None:
     """Set the checkpoint to ``cursor``, backwards too (reset and rebuild only)."""
     order, position = cursor
     conn.execute(_MOVE_TO, {"name": name, "order": str(order), "position": position})
-
-
-def set_state(conn: Connection, name: str, state: str, *, owner: str | None) -> None:
-    """Record the projection's state and owner (``host:pid``) for status reports."""
-    conn.execute(_SET_STATE, {"name": name, "state": state, "owner": owner})
 
 
 def mark_failed(conn: Connection, name: str, position: int, error: str, traceback: str) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import IO
 
 import pytest
+
+from tests.process_output import lines_of, wait_for_line
 
 EVENTSTORE = Path(sys.executable).parent / "eventstore"
 
@@ -21,30 +20,6 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
     return subprocess.run(
         [str(EVENTSTORE), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
-
-
-def _lines(stream: IO[str]) -> queue.Queue[str]:
-    """A queue fed with the lines of ``stream`` by a reader thread (so waits can time out)."""
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
-def _wait_for_line(lines: queue.Queue[str], needle: str, *, timeout: float = 20) -> str:
-    seen: list[str] = []
-    while True:
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line containing {needle!r} within {timeout}s; saw {seen}") from None
-        seen.append(line)
-        if needle in line:
-            return line
 
 
 @pytest.mark.skipif(not EVENTSTORE.exists(), reason="the console script is not installed in this environment")
@@ -63,11 +38,11 @@ def test_migrate_append_read_and_a_background_tail(database_url: str) -> None:
     ) as tail:
         try:
             assert tail.stderr is not None and tail.stdout is not None
-            _wait_for_line(_lines(tail.stderr), "tailing after position 0")
+            wait_for_line(lines_of(tail.stderr), "tailing after position 0")
             appended = run("append", "order-7", "OrderPlaced", "--data", '{"amount": 12.5}', env=env)
             assert appended.returncode == 0, appended.stderr
             assert appended.stdout.strip() == "appended OrderPlaced to order-7@1 at position 1"
-            line = _wait_for_line(_lines(tail.stdout), "order-7@1")
+            line = wait_for_line(lines_of(tail.stdout), "order-7@1")[-1]
             assert 'OrderPlaced  {"amount":12.5}' in line
             tail.send_signal(signal.SIGINT)  # Ctrl-C is how a tail ends: exit 0
             assert tail.wait(timeout=20) == 0
@@ -148,11 +123,11 @@ def test_ctrl_c_during_rebuild_leaves_it_resumable(database_url: str) -> None:
         env=env,
     ) as rebuild:
         assert rebuild.stderr is not None
-        lines = _lines(rebuild.stderr)
-        _wait_for_line(lines, "rebuilding cli_stream_counts: 0/8000 events")
+        lines = lines_of(rebuild.stderr)
+        wait_for_line(lines, "rebuilding cli_stream_counts: 0/8000 events")
         rebuild.send_signal(signal.SIGINT)
         assert rebuild.wait(timeout=30) == 130
-        line = _wait_for_line(lines, "interrupted at position")
+        line = wait_for_line(lines, "interrupted at position")[-1]
         assert "continue with `eventstore projections rebuild cli_stream_counts --from-position" in line
     resumed = subprocess.run(
         [str(EVENTSTORE), "projections", "run", "--until-caught-up"], capture_output=True, text=True, env=env

@@ -8,15 +8,12 @@ come from the store and runner of this process.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import psycopg
 import pytest
@@ -26,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from eventstore import EventStore, NewEvent, ProjectionRunner, metrics
 from eventstore.errors import ConfigurationError
 from projections import Ledger
+from tests.process_output import lines_of, wait_for_line
 from tests.runner.runner_helpers import FAST, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,29 +233,6 @@ def test_the_package_imports_neither_prometheus_client_nor_opentelemetry_until_a
     assert result.stdout.strip() == "[]"
 
 
-def _lines(stream: IO[str]) -> queue.Queue[str]:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
-def _wait_for_line(lines: queue.Queue[str], needle: str, *, timeout: float = 30) -> str:
-    seen: list[str] = []
-    while True:
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line containing {needle!r} within {timeout}s; saw {seen}") from None
-        seen.append(line)
-        if needle in line:
-            return line
-
-
 @pytest.mark.skipif(not EVENTSTORE.exists(), reason="the console script is not installed in this environment")
 def test_projections_run_serves_metrics_on_the_metrics_port(store: EventStore, database_url: str) -> None:
     for n in range(3):
@@ -268,7 +243,7 @@ def test_projections_run_serves_metrics_on_the_metrics_port(store: EventStore, d
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT) as runner:
         try:
             assert runner.stderr is not None
-            line = _wait_for_line(_lines(runner.stderr), "serving metrics on ")
+            line = wait_for_line(lines_of(runner.stderr), "serving metrics on ", timeout=30)[-1]
             url = line.split("serving metrics on ", 1)[1].strip()
             assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
             samples = wait_for(

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 import pytest
@@ -37,6 +36,7 @@ from eventstore.database import libpq_url, url_of
 from eventstore.errors import ConfigurationError
 from eventstore.runner.connections import KEEPALIVE_OPTIONS, session_engine
 from projections import Ledger, ledger_positions
+from tests.process_output import drain, lines_of, wait_for_line
 from tests.runner.runner_helpers import FAST, append_many, running
 
 LISTENER = "eventstore.runner.listener"
@@ -56,40 +56,6 @@ POLLING = "Falling back to polling"
 
 def warnings_from(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno >= logging.WARNING]
-
-
-def _lines(stream: IO[str]) -> queue.Queue[str]:
-    """A queue fed with the lines of ``stream`` by a reader thread (so waits can time out)."""
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
-def _wait_for_line(lines: queue.Queue[str], needle: str, *, timeout: float) -> list[str]:
-    """The lines up to and including the first one containing ``needle``."""
-    seen: list[str] = []
-    while True:
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line containing {needle!r} within {timeout} s; saw {seen}") from None
-        seen.append(line)
-        if needle in line:
-            return seen
-
-
-def _drain(lines: queue.Queue[str]) -> list[str]:
-    drained: list[str] = []
-    while True:
-        try:
-            drained.append(lines.get(timeout=1.0))
-        except queue.Empty:
-            return drained
 
 
 def applied(store: EventStore, name: str) -> list[int]:
@@ -249,17 +215,17 @@ def test_projections_run_listen_url_reaches_the_listener(
         command, cwd=CLI_PROJECTIONS, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     ) as process:
         assert process.stderr is not None
-        lines = _lines(process.stderr)
+        lines = lines_of(process.stderr)
         seen: list[str] = []
         try:
-            seen = _wait_for_line(lines, POLLING if given == "neither" else "listening on", timeout=30)
+            seen = wait_for_line(lines, POLLING if given == "neither" else "listening on", timeout=30)
             position = store.append("order-1", [NewEvent("OrderPlaced", {})]).global_position
             admin.wait_until_processed(store, "cli_stream_counts", position, timeout=10)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(20)
     assert process.returncode == 0
-    stderr = "".join(seen + _drain(lines))
+    stderr = "".join(seen + drain(lines))
     assert stderr.count(POLLING) == (1 if given == "neither" else 0)
 
 
