@@ -106,7 +106,7 @@ _PARTS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "eventstore's statement and validation vs the raw insert, same table (gap-rule look-up, expectation, "
-        "RETURNING, 4 binary arrays; the triggers, measured above, subtracted)",
+        "RETURNING, the events as one JSON parameter; the triggers, measured above, subtracted)",
         "eventstore_statement",
         "raw",
     ),
@@ -327,7 +327,7 @@ _PROFILE_PARTS = (
     ),
     ("validation and JSON encoding", ("validation.py", "/json/")),
     (
-        "psycopg: dumping the parameters (4 binary arrays)",
+        "psycopg: dumping the parameters (the events as one JSON text)",
         ("/psycopg/types/", "_queries.py", "_adapters_map.py", "/psycopg/adapt.py"),
     ),
     ("psycopg: executing, waiting, fetching (client side)", ("/psycopg/",)),
@@ -394,16 +394,15 @@ def _client_parts(events: int) -> dict[str, Callable[[], object]]:
         with observe_append("bench-1", new_events) as observation:
             return observation.done(result)
 
-    parameters = prepare_append(
-        "bench-1", new_events, NO_STREAM, max_append_events=10_000, max_event_bytes=1_048_576
-    ).parameters
-    arrays = [parameters[name] for name in ("stream_id", "event_ids", "event_types", "datas", "metadatas", "expected")]
+    prepared = prepare_append("bench-1", new_events, NO_STREAM, max_append_events=10_000, max_event_bytes=1_048_576)
+    parameters = prepared.parameters
+    ours = [parameters[name] for name in ("stream_id", "events", "expected")]
+    # What eventstore sent before 2026-12-02: the events as four binary arrays.
+    arrays = ["bench-1", prepared.event_ids, prepared.event_types, prepared.datas, prepared.metadatas, 0]
     array_formats = [PyFormat.AUTO, PyFormat.BINARY, PyFormat.BINARY, PyFormat.BINARY, PyFormat.BINARY, PyFormat.AUTO]
     minimal: list[object] = []
     for version in range(1, events + 1):
-        minimal += ("bench-1", version, "BenchEvent", uuid.uuid4(), parameters["datas"][0], "{}")
-    # The alternative: every event in one JSON text parameter (the data already encoded, so only joined).
-    one_text = ["bench-1", "[" + ",".join(parameters["datas"]) + "]", 0]
+        minimal += ("bench-1", version, "BenchEvent", uuid.uuid4(), prepared.datas[0], "{}")
 
     def dumps(values: list[object], formats: list[PyFormat]) -> Callable[[], object]:
         return lambda: Transformer().dump_sequence(values, formats)
@@ -413,9 +412,9 @@ def _client_parts(events: int) -> dict[str, Callable[[], object]]:
         "validation + JSON encoding (prepare_append)": validation,
         "json.dumps per event (what raw_minimal encodes)": json_dumps,
         "telemetry (observe_append: metrics hook, OpenTelemetry span)": telemetry,
-        "psycopg dumps eventstore's parameters (4 binary arrays)": dumps(arrays, array_formats),
+        "psycopg dumps eventstore's parameters (the events as one JSON text)": dumps(ours, [PyFormat.AUTO] * 3),
         "psycopg dumps raw_minimal's parameters (6 per event)": dumps(minimal, [PyFormat.AUTO] * len(minimal)),
-        "psycopg dumps the events as one JSON text (an alternative)": dumps(one_text, [PyFormat.AUTO] * 3),
+        "psycopg dumps the events as 4 binary arrays (eventstore before 2026-12-02)": dumps(arrays, array_formats),
     }
 
 

@@ -73,9 +73,11 @@ _APPEND_TEMPLATE = """
     )
     INSERT INTO events (transaction_order, event_id, stream_id, stream_version, event_type, data, metadata)
     SELECT head.transaction_order, e.event_id, %(stream_id)s, head.version + e.ordinal,
-           e.event_type, CAST(e.data AS jsonb), CAST(e.metadata AS jsonb)
-    FROM unnest(CAST(%(event_ids)b AS uuid[]), CAST(%(event_types)b AS text[]),
-                CAST(%(datas)b AS text[]), CAST(%(metadatas)b AS text[]))
+           e.event_type, e.data, e.metadata
+    -- The events come as one JSON array (PreparedAppend.events_json): one text
+    -- parameter costs the client far less to send than four arrays.
+    FROM ROWS FROM (json_to_recordset(CAST(%(events)s AS json))
+                    AS (event_id uuid, event_type text, data jsonb, metadata jsonb))
          WITH ORDINALITY AS e(event_id, event_type, data, metadata, ordinal)
          CROSS JOIN head  -- in this order the events stream through instead of being buffered
     WHERE CASE CAST(%(expected)s AS integer)

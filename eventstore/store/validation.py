@@ -91,7 +91,7 @@ def prepare_append(
 
 
 class PreparedAppend:
-    """Validated arrays for the append statement."""
+    """An append's validated, encoded events, and the append statement's parameters."""
 
     def __init__(self, stream_id: str, expected: int | ExpectedVersion) -> None:
         self.stream_id = stream_id
@@ -116,14 +116,23 @@ class PreparedAppend:
             expected = -2
         elif isinstance(self.expected, int):
             expected = self.expected
-        return {
-            "stream_id": self.stream_id,
-            "event_ids": self.event_ids,
-            "event_types": self.event_types,
-            "datas": self.datas,
-            "metadatas": self.metadatas,
-            "expected": expected,
-        }
+        return {"stream_id": self.stream_id, "events": self.events_json(), "expected": expected}
+
+    def events_json(self) -> str:
+        """The events as one JSON array of ``{event_id, event_type, data, metadata}`` objects (the append's parameter).
+
+        Built from the already-encoded data and metadata, so nothing is encoded twice.
+        """
+        return (
+            "["
+            + ",".join(
+                f'{{"event_id":"{event_id}","event_type":{_JSON.encode(event_type)},"data":{data},"metadata":{metadata}}}'
+                for event_id, event_type, data, metadata in zip(
+                    self.event_ids, self.event_types, self.datas, self.metadatas, strict=True
+                )
+            )
+            + "]"
+        )
 
     def differs_from(self, index: int, row: Any) -> tuple[uuid.UUID, str] | None:
         """How the stored row differs from event ``index`` of this append (None: identical)."""
