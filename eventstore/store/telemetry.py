@@ -8,9 +8,9 @@ its own).
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Sequence, Sized
+from typing import Any
 
 from eventstore import instruments, tracing
 from eventstore.types import AppendResult, NewEvent
@@ -19,13 +19,32 @@ __all__ = ["AppendObservation", "observe_append"]
 
 
 class AppendObservation:
-    """Handed to the append's block: it reports the result with :meth:`done`."""
+    """The context manager :func:`observe_append` returns; the block reports its result with :meth:`done`.
 
-    __slots__ = ("_span", "result")
+    A plain class rather than a generator-based context manager: this wraps
+    every append, and the generator machinery cost several microseconds each.
+    """
 
-    def __init__(self, span: tracing.SpanHandle) -> None:
-        self._span = span
+    __slots__ = ("_count", "_span", "_span_context", "_started", "_stream", "result")
+
+    def __init__(self, stream: str, count: int) -> None:
+        self._stream = stream
+        self._count = count
         self.result: AppendResult | None = None
+
+    def __enter__(self) -> AppendObservation:
+        self._started = time.perf_counter()
+        self._span_context = tracing.append_span(self._stream, self._count)
+        self._span = self._span_context.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        try:
+            self._span_context.__exit__(kind, error, traceback)
+        finally:
+            instruments.current().append_finished(
+                self._stream, self._count, time.perf_counter() - self._started, result=self.result, error=error
+            )
 
     def done(self, result: AppendResult) -> AppendResult:
         """Record the result on the span (its global position; whether it was a retried request); returns it."""
@@ -36,30 +55,12 @@ class AppendObservation:
         return result
 
 
-@contextlib.contextmanager
-def observe_append(stream_id: str, events: Sequence[NewEvent]) -> Iterator[AppendObservation]:
+def observe_append(stream_id: str, events: Sequence[NewEvent]) -> AppendObservation:
     """Trace the append (a PRODUCER span) and report it to :func:`eventstore.instruments.current` when it ends.
 
-    Runs before validation, so it takes the arguments as given: an ``events``
-    without a length counts as 0 (the append then raises ``InvalidEvent``).
+    Use it as ``with observe_append(...) as observation:``. Runs before
+    validation, so it takes the arguments as given: an ``events`` without a
+    length counts as 0 (the append then raises ``InvalidEvent``).
     """
     count = len(events) if isinstance(events, Sized) else 0
-    stream = stream_id if isinstance(stream_id, str) else repr(stream_id)
-    started = time.perf_counter()
-    error: BaseException | None = None
-    observation: AppendObservation | None = None
-    try:
-        with tracing.append_span(stream, count) as span:
-            observation = AppendObservation(span)
-            yield observation
-    except BaseException as raised:
-        error = raised
-        raise
-    finally:
-        instruments.current().append_finished(
-            stream,
-            count,
-            time.perf_counter() - started,
-            result=observation.result if observation is not None else None,
-            error=error,
-        )
+    return AppendObservation(stream_id if isinstance(stream_id, str) else repr(stream_id), count)
