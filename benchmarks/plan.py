@@ -21,6 +21,8 @@ class Plan:
     latency_repeats: int = 2
     catchup_events: int = 1_000_000
     catchup_repeats: int = 2
+    undeferred_catchup_events: int = 200_000
+    """Events for the per-event handlers with ``defer_writes=False`` (a case of its own when fewer)."""
     eventsourcing_catchup_events: int = 50_000
     rebuild_events: int = 1_000_000
     rebuild_repeats: int = 1
