@@ -37,7 +37,13 @@ When the recorded writes are sent (a *flush*), in the order they were made
     psycopg 3 runs it in pipeline mode: one round trip for all of them, each
     still its own statement (same triggers, same constraints, same order).
     A statement whose stand-in result the handler still holds runs on its own,
-    so a result read later is always the statement's own.
+    so a result read later is always the statement's own. A handler that
+    builds its ``sa.text(...)`` anew on every call makes a new object each
+    time: one whose bind parameters are those ``sa.text`` makes (untyped, no
+    values) is the same statement as any other of that string, so a run of
+    them shares an ``executemany``, sent as the driver SQL SQLAlchemy compiles
+    for that string once (an LRU of a few hundred strings); a text with typed
+    or bound parameters is sent by SQLAlchemy as it is.
 
 How errors are attributed
     A statement that fails at a flush may belong to an earlier event than the
@@ -56,11 +62,12 @@ from __future__ import annotations
 import functools
 import re
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import NullType
 
 __all__ = ["DeferredResult", "DeferredWrites", "deferrable_sql"]
@@ -92,15 +99,66 @@ def _plain_text(statement: sa.TextClause) -> bool:
     """True when the text's bind parameters are those ``sa.text`` makes (untyped, no values), and no options.
 
     Two such texts with the same SQL are the same statement, so they may share an ``executemany``.
+    Called once per handler call with a new ``sa.text``: a text's bind parameters are its
+    ``_bindparams`` (what its ``get_children()`` walks to, only slower); anything else takes the
+    general walk.
     """
     if statement.get_execution_options():
         return False
-    for child in statement.get_children():
-        if not isinstance(child, sa.BindParameter):
+    binds = getattr(statement, "_bindparams", None) if type(statement) is sa.TextClause else None
+    children = binds.values() if isinstance(binds, dict) else statement.get_children()
+    for child in children:
+        if type(child) is not sa.BindParameter:
             return False
-        if not isinstance(child.type, NullType) or child.value is not None or child.callable or child.expanding:
+        if (
+            type(child.type) is not NullType
+            or child.value is not None
+            or child.callable
+            or child.expanding
+            or child.literal_execute
+            or child.isoutparam
+        ):
             return False
     return True
+
+
+_COMPILED_TEXTS = 256
+"""How many texts' driver SQL :func:`_driver_sql` keeps (least recently used first out): handlers' texts are few."""
+
+_compiled: OrderedDict[tuple[str, type[Dialect], str], tuple[str, tuple[str, ...]] | None] = OrderedDict()
+
+
+def _driver_sql(text: str, dialect: Dialect) -> tuple[str, tuple[str, ...]] | None:
+    """A plain text's SQL as ``dialect`` sends it and its bind parameter names; None: send it through SQLAlchemy.
+
+    The same for every plain ``sa.text`` of that string (see :func:`_plain_text`), so compiled once per string
+    (and dialect), not per call. Only for named paramstyles (psycopg's ``%(name)s``), where the driver takes
+    the parameters as a mapping, and only when SQLAlchemy would hand the driver the names as written.
+    Bounded (an LRU of :data:`_COMPILED_TEXTS` texts), since the strings are the handlers'.
+    """
+    key = (text, type(dialect), dialect.paramstyle)
+    try:
+        entry = _compiled[key]
+    except KeyError:
+        pass
+    else:
+        _compiled.move_to_end(key)
+        return entry
+    entry = None
+    if not dialect.positional:
+        compiled = sa.text(text).compile(dialect=dialect)
+        names = tuple(dict.fromkeys(compiled.bind_names.values()))
+        if (
+            not compiled.escaped_bind_names
+            and not compiled.literal_execute_params
+            and not compiled.post_compile_params
+            and all(bind.key == name for bind, name in compiled.bind_names.items())
+        ):
+            entry = (compiled.string, names)
+    _compiled[key] = entry
+    if len(_compiled) > _COMPILED_TEXTS:
+        _compiled.popitem(last=False)
+    return entry
 
 
 class DeferredResult:
@@ -221,12 +279,28 @@ class DeferredWrites:
                 if end - start == 1:
                     self._send(statement, parameters, driver)
                 else:
-                    self._send(statement, [write[2] for write in pending[start:end]], driver)
+                    self._send_many(key, statement, [write[2] for write in pending[start:end]], driver)
                 start = end
         except BaseException as error:
             if self.failed is None:
                 self.failed = error
             raise
+
+    def _send_many(self, key: object, statement: Any, parameters: list[Any], driver: bool) -> None:
+        """One ``executemany``; a plain text's as driver SQL compiled once per string (no compile per flush,
+        no SQLAlchemy parameter processing per write: a plain text's untyped parameters have none)."""
+        if not driver and type(key) is tuple and key[0] == "text":
+            prepared = _driver_sql(statement.text, self.real.dialect)
+            if prepared is not None:
+                sql, names = prepared
+                try:
+                    rows = [{name: write[name] for name in names} for write in parameters]
+                except KeyError:  # a value missing: SQLAlchemy's execute says which, as without deferral
+                    pass
+                else:
+                    self.real.exec_driver_sql(sql, rows)
+                    return
+        self._send(statement, parameters, driver)
 
     def _send(self, statement: Any, parameters: Any, driver: bool) -> sa.CursorResult[Any]:
         if driver:
