@@ -27,7 +27,7 @@ from eventstore.runner.checkpoints import Cursor, StaleCheckpoint, cursor_of
 from eventstore.runner.ownership import LeaseLost
 from eventstore.types import RecordedEvent
 
-__all__ = ["HandlerFailed", "apply_policy", "describe", "guarded"]
+__all__ = ["HandlerFailed", "apply_policy", "describe", "guarded", "handler_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,23 @@ def guarded(connection: Connection, index: int | None, call: Callable[[], object
     try:
         call()
     except Exception as error:
-        if is_connection_error(error, connection):
+        failure = handler_failure(connection, index, error)
+        if failure is None:
             raise
-        translated = translate_driver_error(connection.engine, error)
-        if isinstance(translated, ConfigurationError):
-            raise translated from error
-        raise HandlerFailed(index, error) from error
+        raise failure from error
+
+
+def handler_failure(connection: Connection, index: int | None, error: Exception) -> Exception | None:
+    """What :func:`guarded` raises for a handler's ``error`` (raise it ``from error``); None: re-raise ``error``.
+
+    For loops that run many handler calls in one ``try`` (the session's per-event dispatch).
+    """
+    if is_connection_error(error, connection):
+        return None
+    translated = translate_driver_error(connection.engine, error)
+    if isinstance(translated, ConfigurationError):
+        return translated
+    return HandlerFailed(index, error)
 
 
 def describe(error: BaseException) -> str:

@@ -43,7 +43,7 @@ from eventstore.runner import checkpoints, ownership
 from eventstore.runner.checkpoints import Checkpoint, Cursor, StaleCheckpoint, cursor_of
 from eventstore.runner.deferred import DeferredWrites
 from eventstore.runner.ownership import Lease, LeaseLost
-from eventstore.runner.poison import HandlerFailed, apply_policy, describe, guarded
+from eventstore.runner.poison import HandlerFailed, apply_policy, describe, guarded, handler_failure
 from eventstore.runner.settings import RunnerSettings
 from eventstore.store import EventStore
 from eventstore.types import RecordedEvent
@@ -386,19 +386,38 @@ class ProjectionSession:
         ``defer_writes=False``): a failed flush may be an earlier event's statement, so it fails the batch
         as a whole (index None) and :meth:`_apply` halves it; a batch of one runs on the plain connection.
         """
-        if type(self.projection).apply_batch is not Projection.apply_batch:
-            guarded(connection, None, functools.partial(self.projection.apply_batch, events, connection))
+        projection = self.projection
+        kind = type(projection)
+        if kind.apply_batch is not Projection.apply_batch:
+            guarded(connection, None, functools.partial(projection.apply_batch, events, connection))
             return
-        if len(events) <= 1 or not self.settings.defer_writes:
-            for index, event in enumerate(events):
-                guarded(connection, index, functools.partial(self.projection.apply, event, connection))
-            return
-        writes = DeferredWrites(connection)
-        for index, event in enumerate(events):
-            try:
-                guarded(connection, index, functools.partial(self.projection.apply, event, writes.connection))
-            except HandlerFailed as failure:
-                if writes.failed is not None:
-                    raise HandlerFailed(None, failure.error) from failure.error
+        writes = DeferredWrites(connection) if len(events) > 1 and self.settings.defer_writes else None
+        target = connection if writes is None else writes.connection
+        # Projection.apply, inlined with its handler look-up done once per event type and batch (the per-event
+        # cost is the runner's ceiling); an overridden apply or handler_for is called as it is, per event.
+        apply = (
+            None if kind.apply is Projection.apply and kind.handler_for is Projection.handler_for else projection.apply
+        )
+        handlers: dict[str, Callable[[RecordedEvent, Connection], Any] | None] = {}
+        index = 0
+        try:
+            for index, event in enumerate(events):  # noqa: B007 (the except clause names the failing event by it)
+                if apply is not None:
+                    apply(event, target)
+                    continue
+                event_type = event.type
+                if event_type in handlers:
+                    handler = handlers[event_type]
+                else:
+                    handler = handlers[event_type] = projection.handler_for(event_type)
+                if handler is not None:
+                    handler(event, target)
+        except Exception as error:
+            failure = handler_failure(connection, index, error)
+            if failure is None:
                 raise
-        guarded(connection, None, writes.finish)
+            if writes is not None and writes.failed is not None and isinstance(failure, HandlerFailed):
+                raise HandlerFailed(None, error) from error  # maybe an earlier event's write: find it by halving
+            raise failure from error
+        if writes is not None:
+            guarded(connection, None, writes.finish)
