@@ -16,7 +16,10 @@ connection is next used, so an append waits for no second round trip. That is
 why these connections are the store's own (a small free list of autocommit
 psycopg connections, opened through the engine so its URL, ``connect_args``
 and connect events apply) rather than the engine's pool: a pooled connection
-must be idle when it goes back.
+must be idle when it goes back. An append takes an idle connection whose
+wake-up has been answered; when every idle one's backend is still running its
+wake-up, it opens another (while fewer than ``max_idle`` are open) rather than
+wait, so one writer's appends alternate between two backends.
 
 A wake-up is only a hint (workers re-read from their checkpoint on a timer
 too): if one cannot be sent, the append still stands and a warning is logged.
@@ -80,6 +83,7 @@ class AppendConnections:
         self._max_idle = max_idle
         self._lock = threading.Lock()
         self._idle: list[_AppendConnection] = []
+        self._open = 0  # in use and idle, of this process
         weakref.finalize(self, _close_all, self._idle)
 
     def connection(self) -> _Borrowed:
@@ -90,22 +94,40 @@ class AppendConnections:
         """Close the idle connections (those in use close when given back over the limit, or later)."""
         with self._lock:
             idle, self._idle[:] = list(self._idle), []
+            self._open -= len(idle)
         _close_all(idle)
 
     def _take(self, engine: Engine) -> _AppendConnection:
+        """An idle connection whose wake-up has been answered, else a new one (while fewer than ``max_idle``).
+
+        So one writer's appends alternate between two backends instead of
+        waiting for the server to finish the previous append's wake-up.
+        """
         while True:
             with self._lock:
                 if not self._idle:
                     break
-                connection = self._idle.pop()
+                index = next(
+                    (index for index in range(len(self._idle) - 1, -1, -1) if self._idle[index].answered()), None
+                )
+                if index is None:
+                    if self._open < self._max_idle:
+                        break
+                    index = len(self._idle) - 1  # wait for the newest's answer
+                connection = self._idle.pop(index)
             if connection.pid != os.getpid():  # forked: the parent's, not ours
                 _INHERITED.append(connection)
+                self._forget()
             elif connection.collect_wake_up():  # outside the lock: it may wait for the server
                 return connection
+            else:
+                self._discard(connection)
         pooled = engine.raw_connection()
         driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
         pooled.detach()  # ours now: the pool neither resets nor closes it
         driver.autocommit = True
+        with self._lock:
+            self._open += 1
         return _AppendConnection(driver)
 
     def _give_back(self, connection: _AppendConnection) -> None:
@@ -113,7 +135,15 @@ class AppendConnections:
             if len(self._idle) < self._max_idle:
                 self._idle.append(connection)
                 return
+        self._discard(connection)
+
+    def _discard(self, connection: _AppendConnection) -> None:
         connection.close()
+        self._forget()
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._open -= 1
 
 
 class _Borrowed:
@@ -145,7 +175,7 @@ class _Borrowed:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
         connection = self._connection
         if error is not None and (connection.driver.closed or connection.driver.pgconn.status != pq.ConnStatus.OK):
-            connection.close()
+            self._connections._discard(connection)
         else:
             self._connections._give_back(connection)
         if isinstance(error, sa.exc.DBAPIError | psycopg.Error):
@@ -171,8 +201,19 @@ class _AppendConnection:
         except (psycopg.Error, OSError) as error:
             logger.warning("wake-up not sent (%s); workers find the events on their timer", error)
 
+    def answered(self) -> bool:
+        """Whether the last wake-up's result has arrived (or none is pending), without waiting for it."""
+        if not self._pending:
+            return True
+        pgconn = self.driver.pgconn
+        try:
+            pgconn.consume_input()
+            return not pgconn.is_busy()
+        except (psycopg.Error, OSError):
+            return True  # broken: collect_wake_up says so
+
     def collect_wake_up(self) -> bool:
-        """Read the last wake-up's result; False (connection closed) if the connection is unusable."""
+        """Read the last wake-up's result; False if the connection is unusable (then close it)."""
         pgconn = self.driver.pgconn
         try:
             while self._pending and (result := pgconn.get_result()) is not None:
@@ -187,10 +228,7 @@ class _AppendConnection:
             pgconn.consume_input()
         except (psycopg.Error, OSError):
             pass
-        if pgconn.status == pq.ConnStatus.OK and pgconn.transaction_status == pq.TransactionStatus.IDLE:
-            return True
-        self.close()
-        return False
+        return pgconn.status == pq.ConnStatus.OK and pgconn.transaction_status == pq.TransactionStatus.IDLE
 
     def close(self) -> None:
         self.driver.close()
