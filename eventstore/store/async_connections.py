@@ -31,16 +31,14 @@ open between calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from psycopg import pq
 
-from eventstore.database import libpq_url, translate_driver_errors
+from eventstore.database import libpq_url, translate_driver_error
 from eventstore.store.sql import WAKE_UP
 
 __all__ = ["AsyncConnections"]
@@ -74,15 +72,9 @@ class AsyncConnections:
         self._waking: set[psycopg.AsyncConnection[Any]] = set()
         self._open = 0  # in use and idle
 
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """An idle connection (or a new one), given back afterwards; driver errors translated into ours."""
-        with translate_driver_errors(self.url):
-            connection = await self._take()
-            try:
-                yield connection
-            finally:
-                await self._give_back(connection)
+    def connection(self) -> _Borrowed:
+        """``async with`` it: an idle connection (or a new one), given back afterwards; driver errors translated."""
+        return _Borrowed(self)
 
     async def send_wake_up(self, connection: psycopg.AsyncConnection[Any]) -> None:
         """Send the wake-up (:data:`~eventstore.store.sql.WAKE_UP`) on ``connection``, idle after a commit.
@@ -188,6 +180,32 @@ class AsyncConnections:
             logger.warning("a wake-up's answer was lost (%s); workers find the events on their timer", error)
             return False
         return _usable(connection)
+
+
+class _Borrowed:
+    """One use of a connection of :class:`AsyncConnections` (a plain class: it wraps every call)."""
+
+    __slots__ = ("_connection", "_connections")
+
+    def __init__(self, connections: AsyncConnections) -> None:
+        self._connections = connections
+
+    async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            self._connection = await self._connections._take()
+        except (sa.exc.DBAPIError, psycopg.Error) as error:
+            translated = translate_driver_error(self._connections.url, error)
+            if translated is None:
+                raise
+            raise translated from error
+        return self._connection
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        await self._connections._give_back(self._connection)
+        if isinstance(error, sa.exc.DBAPIError | psycopg.Error):
+            translated = translate_driver_error(self._connections.url, error)
+            if translated is not None:
+                raise translated from error
 
 
 def _usable(connection: psycopg.AsyncConnection[Any]) -> bool:
