@@ -241,7 +241,7 @@ class DeferredWrites:
 
     def _key(self, statement: Any, parameters: Any) -> object | None:
         """What a write must share with its neighbours to go in their ``executemany``; None: not deferrable."""
-        if parameters is not None and not isinstance(parameters, Mapping):
+        if parameters is not None and type(parameters) is not dict and not isinstance(parameters, Mapping):
             return None  # several parameter sets: already one executemany
         if isinstance(statement, sa.TextClause):
             if not deferrable_sql(statement.text) or self.real.in_nested_transaction():
