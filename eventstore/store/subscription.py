@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from eventstore.database import is_connection_error
@@ -74,11 +74,22 @@ class Subscription:
         self._failure: BaseException | None = None
         self._entered = False
         self._interrupted = False
+        self._on_ready: Callable[[], None] | None = None
 
     @property
     def live(self) -> bool:
         """True while the subscription receives the hub's shared reads (False while it catches up)."""
         return self in self._hub.live
+
+    @property
+    def streaming(self) -> bool:
+        """True while live, not failed and the store open: every next event comes through the buffer (:meth:`take`)."""
+        return self._failure is None and not self._hub.closed and self in self._hub.live
+
+    @property
+    def buffered(self) -> int:
+        """Events buffered now (what :meth:`take` would return, up to its limit)."""
+        return len(self._buffer)
 
     async def __aenter__(self) -> Subscription:
         hub = self._hub
@@ -123,15 +134,8 @@ class Subscription:
         if not self._entered:
             raise RuntimeError("use the subscription inside `async with store.subscribe(...) as feed:`")
         while True:
-            buffer = self._buffer
-            if buffer:
-                if len(buffer) <= limit:
-                    events = list(buffer)
-                    buffer.clear()
-                else:
-                    events = [buffer.popleft() for _ in range(limit)]
-                self._from_catch_up = max(0, self._from_catch_up - len(events))
-                self.position = events[-1].global_position
+            events = self.take(limit)
+            if events:
                 return events
             if self._failure is not None:
                 raise self._failure
@@ -146,10 +150,50 @@ class Subscription:
             else:
                 await self._catch_up()
 
+    def take(self, limit: int) -> list[RecordedEvent]:
+        """The buffered events, up to ``limit`` of them, without waiting (an empty list if none).
+
+        What :meth:`next_batch` returns when something is buffered; with
+        :meth:`set_ready_callback`, how a consumer that never waits takes its events.
+        """
+        buffer = self._buffer
+        if not buffer:
+            return []
+        if len(buffer) <= limit:
+            events = list(buffer)
+            buffer.clear()
+        else:
+            events = [buffer.popleft() for _ in range(limit)]
+        self._from_catch_up = max(0, self._from_catch_up - len(events))
+        self.position = events[-1].global_position
+        return events
+
+    def set_ready_callback(self, callback: Callable[[], None] | None) -> None:
+        """While set, ``callback()`` is called instead of waking a waiting :meth:`next_batch`.
+
+        It is called, synchronously in the hub's task (or the caller of
+        :meth:`AsyncEventStore.close`), when an event is buffered, when the
+        subscription fails, and when the store closes: a consumer that writes
+        events out without a task waiting per subscription (the SSE fan-out)
+        takes them with :meth:`take`, and goes back to :meth:`next_batch`
+        (unset first) once :attr:`streaming` is False (the buffer overflowed
+        and it must catch up, it failed, or the store closed). The callback
+        must not raise and must not take long: the hub calls it for every
+        subscriber of every event.
+        """
+        self._on_ready = callback
+
     def interrupt(self) -> None:
         """Make the pending (or next) :meth:`next_batch` return, with an empty list if nothing is buffered."""
         self._interrupted = True
         self._ready.set()
+
+    def _signal(self) -> None:
+        on_ready = self._on_ready
+        if on_ready is None:
+            self._ready.set()
+        else:
+            on_ready()
 
     # -- called by the hub ------------------------------------------------------
 
@@ -172,16 +216,20 @@ class Subscription:
             if len(self._buffer) - self._from_catch_up >= self.max_buffered:
                 return False
             self._buffer.append(event)
-            self._ready.set()
+            on_ready = self._on_ready
+            if on_ready is None:
+                self._ready.set()
+            else:
+                on_ready()
         self.cursor = cursor
         return True
 
     def fail(self, error: BaseException) -> None:
         self._failure = error
-        self._ready.set()
+        self._signal()
 
     def wake(self) -> None:
-        self._ready.set()
+        self._signal()
 
     # -- on its own -------------------------------------------------------------
 

@@ -279,10 +279,16 @@ def test_the_server_shutting_down_ends_the_stream_and_its_subscription(web: WebS
 class FakeFeed:
     """Stands in for a Subscription: ``next_batch`` gives ``batches`` in turn, then raises ``error`` or waits."""
 
+    streaming = False  # never live: the stream's own task writes everything
+    buffered = 0
+
     def __init__(self, batches: list[list[Any]], error: BaseException | None = None) -> None:
         self.batches = batches
         self.error = error
         self.left = False
+
+    def set_ready_callback(self, callback: Any) -> None:
+        pass
 
     async def next_batch(self, limit: int) -> list[Any]:
         if self.batches:
