@@ -2,9 +2,11 @@
 
 Processes (2 cores, so the OS schedules them; none is pinned):
 
-- the **server**: uvicorn (asyncio loop and h11, as ``eventstore serve``
-  runs it without extra packages) serving ``eventstore.web.create_app(
-  AsyncEventStore(url))`` on 127.0.0.1, in a process of its own;
+- the **server**: uvicorn serving ``eventstore.web.create_app(
+  AsyncEventStore(url))`` on 127.0.0.1, in a process of its own, with what
+  ``eventstore serve`` would use here (:func:`server_parts`: httptools if it
+  is installed, else h11; uvloop if installed, else asyncio's loop); the
+  report's notes say which;
 - the **probe clients** (1, or 10 with 1,000 connected), in a process of
   their own, so that the time they are stamped is not held up by the other
   990 clients' reading;
@@ -68,6 +70,15 @@ _TIMEOUT = 60.0
 _PAUSE = 0.01
 
 
+def server_parts() -> tuple[str, str]:
+    """uvicorn's ``(http, loop)`` choice in this environment, as its ``"auto"`` makes it (and ``eventstore serve``)."""
+    import importlib.util
+
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    return http, loop
+
+
 def _server_main(url: str, ports: Any) -> None:
     """Child process: uvicorn serving the web app on a loopback port it reports (then runs until terminated)."""
     import socket
@@ -85,12 +96,19 @@ def _server_main(url: str, ports: Any) -> None:
 
     async def serve() -> None:
         async with AsyncEventStore(url) as store:
+            http, _ = server_parts()
             config = uvicorn.Config(
-                create_app(store), log_level="warning", access_log=False, lifespan="off", backlog=2048
+                create_app(store), http=http, log_level="warning", access_log=False, lifespan="off", backlog=2048
             )
             await uvicorn.Server(config).serve(sockets=[listening])
 
-    asyncio.run(serve())
+    if server_parts()[1] == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve())
+    else:
+        asyncio.run(serve())
 
 
 def _clients_main(port: int, count: int, tag: str, replies: Any, stop: Any) -> None:
@@ -272,6 +290,8 @@ def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
     except ImportError:
         results.notes.append("SSE latency skipped: the web extra (uvicorn, starlette) is not installed")
         return
+    http, loop = server_parts()
+    results.notes.append(f"SSE server: uvicorn with {http} and the {loop} event loop")
     server.create_database("bench_sse_raw")
     server.execute("bench_sse_raw", "ALTER TABLE events DISABLE TRIGGER events_notify_v3")
     server.execute("bench_sse_raw", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")

@@ -97,4 +97,13 @@ def serve(
             await uvicorn.Server(config).serve()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server normally ends
-        asyncio.run(run())
+        if importlib.util.find_spec("uvloop") is not None:
+            # uvicorn[standard]'s loop, as `uvicorn` itself picks it: writing one event to 1,000 SSE clients
+            # took about a tenth less CPU than on asyncio's loop (docs/performance.md). uvicorn picks
+            # httptools over h11 by itself when it is installed (another fifth less).
+            uvloop = importlib.import_module("uvloop")  # optional: not a declared dependency of the web extra
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(run())
+        else:
+            asyncio.run(run())

@@ -26,9 +26,10 @@ class WebServer:
     until uvicorn accepts it: :meth:`start` returns once the server answers.
     """
 
-    def __init__(self, url: str, *, mount: str = "", **app_options: Any) -> None:
+    def __init__(self, url: str, *, mount: str = "", event_loop: str = "asyncio", **app_options: Any) -> None:
         self.url = url
         self.mount = mount
+        self.event_loop = event_loop
         self.app_options = app_options
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.bind(("127.0.0.1", 0))
@@ -41,7 +42,13 @@ class WebServer:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._serve())
+            if self.event_loop == "uvloop":  # as `eventstore serve` runs where uvloop is installed
+                import uvloop
+
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    runner.run(self._serve())
+            else:
+                asyncio.run(self._serve())
         except BaseException as error:  # reported by start()/stop()
             self.failure = error
         finally:
@@ -81,11 +88,14 @@ class WebServer:
 
 @pytest.fixture
 def serve_web(database_url: str) -> Iterator[Callable[..., WebServer]]:
-    """``serve_web(token=..., projections=..., heartbeat_seconds=...)``: a started server on this test's database."""
+    """``serve_web(token=..., projections=..., heartbeat_seconds=..., event_loop="uvloop")``: a started server.
+
+    On this test's database (or ``url``).
+    """
     servers: list[WebServer] = []
 
-    def start(url: str | None = None, *, mount: str = "", **app_options: Any) -> WebServer:
-        server = WebServer(url or database_url, mount=mount, **app_options)
+    def start(url: str | None = None, *, mount: str = "", event_loop: str = "asyncio", **app_options: Any) -> WebServer:
+        server = WebServer(url or database_url, mount=mount, event_loop=event_loop, **app_options)
         servers.append(server)
         return server.start()
 

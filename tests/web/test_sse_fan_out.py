@@ -9,6 +9,7 @@ gets once it reads again, and what a disconnect in the middle leaves behind.
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -16,10 +17,27 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from eventstore import EventStore, NewEvent
 
 if TYPE_CHECKING:
     from tests.web.conftest import WebServer
+
+
+@pytest.fixture(
+    params=[
+        "asyncio",
+        pytest.param(
+            "uvloop",
+            marks=pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"),
+        ),
+    ]
+)
+def web(request: pytest.FixtureRequest, serve_web: Callable[..., WebServer]) -> WebServer:
+    """The server on asyncio's event loop and on uvloop's (what `eventstore serve` runs where it is installed)."""
+    return serve_web(event_loop=request.param)
+
 
 BIG = "x" * 200_000  # a payload far below max_event_bytes; 40 of them outgrow loopback's socket buffers
 
