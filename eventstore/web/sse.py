@@ -31,7 +31,9 @@ to the stream's own writer task, which finishes it (awaiting what it waits
 for), and the stream stays out of direct mode (the subscription's buffer,
 bounded, then the catch-up from the database) until it has caught up again.
 So only one write is ever in flight per stream, in order; a slow client
-holds up no one else.
+holds up no one else. The direct write runs outside the request's task (in
+the hub's context): an ASGI middleware whose ``send`` needs its own task or
+context variables would not see them there.
 
 The stream's writer task (the only other writer) sends what the direct
 path does not: history, catch-up, heartbeats of a stream not in direct mode,
@@ -178,7 +180,11 @@ async def stream_events(request: Request) -> EventStream:
 
 
 class _Streams:
-    """What the event streams of one app share: the encoded messages, and whether the server is shutting down.
+    """What the event streams of one app share: the encoded messages, the fan-out's writes, the shutdown.
+
+    The streams in direct mode queue themselves here when their subscription
+    has events (:meth:`queue`); one event-loop callback (:meth:`_flush`) then
+    writes each of them, in the order the hub offered the events.
 
     One task per app (not per stream) polls sse-starlette's
     ``AppStatus.should_exit`` every half second while streams are open:
@@ -206,9 +212,10 @@ class _Streams:
     def queue(self, stream: EventStream) -> None:
         """Have ``stream`` written at the next :meth:`_flush` (one loop callback for every stream of a batch).
 
-        Called by the hub, for each event it buffers for a stream in direct
-        mode; the flush runs once the hub's task waits (for its next read), so
-        the events of one read go out in one write per stream.
+        Called from a direct stream's ready callback (so in the hub's task),
+        at most once per stream and flush; the flush runs once the hub's task
+        waits (for its next read), so the events of one read go out in one
+        write per stream.
         """
         self._queued.append(stream)
         if not self._flush_scheduled:
