@@ -119,13 +119,16 @@ class Subscription:
             if events:
                 return events[0]
 
-    async def next_batch(self, limit: int) -> list[RecordedEvent]:
+    async def next_batch(self, limit: int, *, until_live: bool = False) -> list[RecordedEvent]:
         """The next events, up to ``limit`` of them: what is buffered now, waiting (or catching up) for at least one.
 
         The same events, in the same order, as ``limit`` calls of ``__anext__``:
         a consumer that writes events out (the SSE stream) takes all that are
         ready at once, one write for several. It returns an empty list only
-        after :meth:`interrupt` (a consumer's own timer: a heartbeat is due).
+        after :meth:`interrupt` (a consumer's own timer: a heartbeat is due),
+        or, with ``until_live``, as soon as the subscription is live with
+        nothing buffered (:attr:`streaming`: a consumer that then takes events
+        through :meth:`set_ready_callback` instead of waiting here).
 
         Raises:
             StopAsyncIteration: the store was closed.
@@ -145,6 +148,8 @@ class Subscription:
                 self._interrupted = False
                 return []
             if self.live:
+                if until_live:
+                    return []
                 self._ready.clear()
                 await self._ready.wait()
             else:

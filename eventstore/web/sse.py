@@ -349,7 +349,10 @@ class EventStream:
                     self._wake.clear()
                     continue
                 try:
-                    events = await feed.next_batch(MAX_EVENTS_PER_WRITE)
+                    # until_live: back here as soon as the subscription has joined the live fan-out with
+                    # nothing buffered, so that a new, idle stream goes direct at once (not at its
+                    # first event or heartbeat).
+                    events = await feed.next_batch(MAX_EVENTS_PER_WRITE, until_live=True)
                 except StopAsyncIteration:
                     return  # the store was closed
                 if events:

@@ -290,7 +290,7 @@ class FakeFeed:
     def set_ready_callback(self, callback: Any) -> None:
         pass
 
-    async def next_batch(self, limit: int) -> list[Any]:
+    async def next_batch(self, limit: int, *, until_live: bool = False) -> list[Any]:
         if self.batches:
             return self.batches.pop(0)
         if self.error is not None:
