@@ -40,7 +40,6 @@ come from ``/proc/<pid>/stat``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -56,6 +55,7 @@ from benchmarks.latency import _Pinger
 from benchmarks.plan import Plan
 from benchmarks.report import Results
 from benchmarks.server import BenchServer
+from eventstore.web import loop as event_loop
 
 __all__ = ["measure_sse"]
 
@@ -75,7 +75,7 @@ def server_parts() -> tuple[str, str]:
     import importlib.util
 
     http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
-    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    loop = "uvloop" if event_loop.uvloop_installed() else "asyncio"
     return http, loop
 
 
@@ -102,13 +102,7 @@ def _server_main(url: str, ports: Any) -> None:
             )
             await uvicorn.Server(config).serve(sockets=[listening])
 
-    if server_parts()[1] == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve())
-    else:
-        asyncio.run(serve())
+    event_loop.run(serve())  # what `eventstore serve` runs on here
 
 
 def _clients_main(port: int, count: int, tag: str, replies: Any, stop: Any) -> None:

@@ -6,7 +6,6 @@ never means an open event store (pgqueuer's ``pgq web`` rule).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import ipaddress
@@ -17,6 +16,7 @@ import typer
 from eventstore.cli.context import state
 from eventstore.cli.errors import CliError, reports_errors
 from eventstore.cli.output import status
+from eventstore.web import loop as event_loop
 
 __all__ = ["serve"]
 
@@ -97,13 +97,4 @@ def serve(
             await uvicorn.Server(config).serve()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server normally ends
-        if importlib.util.find_spec("uvloop") is not None:
-            # uvicorn[standard]'s loop, as `uvicorn` itself picks it: writing one event to 1,000 SSE clients
-            # took about a tenth less CPU than on asyncio's loop (docs/performance.md). uvicorn picks
-            # httptools over h11 by itself when it is installed (another fifth less).
-            uvloop = importlib.import_module("uvloop")  # optional: not a declared dependency of the web extra
-
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(run())
-        else:
-            asyncio.run(run())
+        event_loop.run(run())  # on uvloop where it is installed

@@ -42,7 +42,7 @@ from eventstore.database import translate_driver_error
 from eventstore.errors import ConfigurationError
 from eventstore.store.sql import WAKE_UP
 
-__all__ = ["AppendConnections", "append_connections"]
+__all__ = ["AppendConnections", "append_connections", "wake_up_answered"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,17 +203,10 @@ class _AppendConnection:
 
     def answered(self) -> bool:
         """Whether the last wake-up's result has arrived (or none is pending), without waiting for it."""
-        if not self._pending:
-            return True
-        pgconn = self.driver.pgconn
-        try:
-            pgconn.consume_input()
-            return not pgconn.is_busy()
-        except (psycopg.Error, OSError):
-            return True  # broken: collect_wake_up says so
+        return not self._pending or wake_up_answered(self.driver.pgconn)
 
     def collect_wake_up(self) -> bool:
-        """Read the last wake-up's result; False if the connection is unusable (then close it)."""
+        """Read the last wake-up's result; False if the connection is unusable (the caller closes it)."""
         pgconn = self.driver.pgconn
         try:
             while self._pending and (result := pgconn.get_result()) is not None:
@@ -232,6 +225,18 @@ class _AppendConnection:
 
     def close(self) -> None:
         self.driver.close()
+
+
+def wake_up_answered(pgconn: Any) -> bool:
+    """Whether the answer to the wake-up in flight on ``pgconn`` has arrived; reads what has, never waits.
+
+    True also for a broken connection: reading the answer then says so. Shared with the asyncio store.
+    """
+    try:
+        pgconn.consume_input()
+        return not pgconn.is_busy()
+    except (psycopg.Error, OSError):
+        return True
 
 
 def _close_all(idle: list[_AppendConnection]) -> None:

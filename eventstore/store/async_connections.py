@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from psycopg import pq
 
 from eventstore.database import libpq_url, translate_driver_error
+from eventstore.store.appender import wake_up_answered
 from eventstore.store.sql import WAKE_UP
 
 __all__ = ["AsyncConnections"]
@@ -145,14 +146,8 @@ class AsyncConnections:
         """The index of the idle connection to take: the newest with no wake-up answer to wait for (None: none)."""
         for index in range(len(self._idle) - 1, -1, -1):
             connection = self._idle[index]
-            if connection not in self._waking:
-                return index
-            try:
-                connection.pgconn.consume_input()  # without waiting: what has arrived
-                if not connection.pgconn.is_busy():
-                    return index
-            except (psycopg.Error, OSError):
-                return index  # broken: _collect_wake_up says so, and it is closed
+            if connection not in self._waking or wake_up_answered(connection.pgconn):
+                return index  # (a broken one too: _collect_wake_up says so, and it is closed)
         return None
 
     async def _collect_wake_up(self, connection: psycopg.AsyncConnection[Any]) -> bool:

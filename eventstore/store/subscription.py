@@ -221,11 +221,7 @@ class Subscription:
             if len(self._buffer) - self._from_catch_up >= self.max_buffered:
                 return False
             self._buffer.append(event)
-            on_ready = self._on_ready
-            if on_ready is None:
-                self._ready.set()
-            else:
-                on_ready()
+            self._signal()
         self.cursor = cursor
         return True
 

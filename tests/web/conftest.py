@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from starlette.routing import Mount
 
 from eventstore.store import AsyncEventStore
 from eventstore.web import create_app
+from eventstore.web import loop as event_loop
 
 
 class WebServer:
@@ -42,13 +42,7 @@ class WebServer:
 
     def _run(self) -> None:
         try:
-            if self.event_loop == "uvloop":  # as `eventstore serve` runs where uvloop is installed
-                import uvloop
-
-                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                    runner.run(self._serve())
-            else:
-                asyncio.run(self._serve())
+            event_loop.run(self._serve(), use_uvloop=self.event_loop == "uvloop")
         except BaseException as error:  # reported by start()/stop()
             self.failure = error
         finally:
