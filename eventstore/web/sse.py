@@ -81,6 +81,10 @@ _HEADERS = [
     (b"connection", b"keep-alive"),
     (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
 ]
+SERVER_SEND = "eventstore.server_send"
+"""The scope key under which the app (:mod:`eventstore.web.app`) may put the ``send`` it was called with:
+the stream then writes its body chunks with that one, past Starlette's own wrappers, which only watch
+for the response's start (sent through them as usual)."""
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _SHUTDOWN_POLL_SECONDS = 0.5
 
@@ -287,7 +291,7 @@ class EventStream:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
             if scope.get("method") != "HEAD":
-                await self._stream(receive, send)
+                await self._stream(receive, scope.get(SERVER_SEND, send))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await self.feed.__aexit__(None, None, None)

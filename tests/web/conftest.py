@@ -26,9 +26,18 @@ class WebServer:
     until uvicorn accepts it: :meth:`start` returns once the server answers.
     """
 
-    def __init__(self, url: str, *, mount: str = "", event_loop: str = "asyncio", **app_options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        mount: str = "",
+        event_loop: str = "asyncio",
+        prepare: Callable[[Any], Any] | None = None,
+        **app_options: Any,
+    ) -> None:
         self.url = url
         self.mount = mount
+        self.prepare = prepare
         self.event_loop = event_loop
         self.app_options = app_options
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -51,6 +60,8 @@ class WebServer:
     async def _serve(self) -> None:
         async with AsyncEventStore(self.url) as store:
             app = create_app(store, **self.app_options)
+            if self.prepare is not None:  # what a user does with the app before serving it
+                app = self.prepare(app)
             if self.mount:  # inside another app, as a user mounts it
                 app = Starlette(routes=[Mount(self.mount, app=app)])
             config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
@@ -84,12 +95,19 @@ class WebServer:
 def serve_web(database_url: str) -> Iterator[Callable[..., WebServer]]:
     """``serve_web(token=..., projections=..., heartbeat_seconds=..., event_loop="uvloop")``: a started server.
 
-    On this test's database (or ``url``).
+    On this test's database (or ``url``); ``prepare(app)`` returns the app to serve (e.g. with middleware).
     """
     servers: list[WebServer] = []
 
-    def start(url: str | None = None, *, mount: str = "", event_loop: str = "asyncio", **app_options: Any) -> WebServer:
-        server = WebServer(url or database_url, mount=mount, event_loop=event_loop, **app_options)
+    def start(
+        url: str | None = None,
+        *,
+        mount: str = "",
+        event_loop: str = "asyncio",
+        prepare: Callable[[Any], Any] | None = None,
+        **app_options: Any,
+    ) -> WebServer:
+        server = WebServer(url or database_url, mount=mount, event_loop=event_loop, prepare=prepare, **app_options)
         servers.append(server)
         return server.start()
 

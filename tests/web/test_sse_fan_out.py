@@ -184,3 +184,53 @@ def test_a_client_that_leaves_while_its_write_is_handed_over_is_cleaned_up(web: 
         assert streams.direct == 1
         last = append(store, 1)
         assert fast.ids(1) == last
+
+
+class SeesBodies:
+    """ASGI middleware that keeps the response body chunks passing through it."""
+
+    def __init__(self, app: Any, *, seen: list[bytes]) -> None:
+        self.app = app
+        self.seen = seen
+
+    @property
+    def state(self) -> Any:  # the app's, for streams_of()
+        return self.app.state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def seeing(message: Any) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                self.seen.append(message["body"])
+            await send(message)
+
+        await self.app(scope, receive, seeing)
+
+
+def added(seen: list[bytes]) -> Callable[[Any], Any]:
+    def prepare(app: Any) -> Any:
+        app.add_middleware(SeesBodies, seen=seen)  # inside the app: between Starlette's own wrappers
+        return app
+
+    return prepare
+
+
+def around(seen: list[bytes]) -> Callable[[Any], Any]:
+    return lambda app: SeesBodies(app, seen=seen)
+
+
+@pytest.mark.parametrize("placed", [added, around], ids=["added to the app", "around the app"])
+def test_a_user_middleware_sees_every_message_the_fan_out_writes(
+    placed: Callable[[list[bytes]], Callable[[Any], Any]], serve_web: Callable[..., WebServer], store: EventStore
+) -> None:
+    """The streams write past Starlette's own ``send`` wrappers, never past a user's (app.add_middleware or around)."""
+    seen: list[bytes] = []
+    web = serve_web(prepare=placed(seen))
+    with raw_client(web) as client:
+        streams = streams_of(web)
+        wait_until(lambda: streams.direct == 1, "the stream in direct mode", timeout=5)
+        before = streams.direct_writes
+        positions = append(store, 2) + append(store, 1)
+        assert client.ids(3) == positions
+        assert streams.direct_writes > before
+        written = b"".join(seen)
+        assert [f"id: {position}\r\n".encode() in written for position in positions] == [True] * 3
