@@ -63,7 +63,13 @@ logger = logging.getLogger(__name__)
 
 SECTION = "Commit-to-client latency over SSE (append call -> SSE client reads the message, ms)"
 SSE = "SSE GET /api/events"
+FLOOR = "floor: bare socket fan-out"
 RAW = "raw LISTEN/NOTIFY"
+_FLOOR_CHANNEL = "bench_sse_floor"
+_FLOOR_KEYS = 1_000_000_000
+"""The floor's pings carry ids from here on, apart from the SSE events' positions (the clients count by id)."""
+_FLOOR_DATA = "x" * 200
+"""About the size of a ping's SSE ``data:`` line (its event as JSON)."""
 _PROBES = 10
 _CONNECTING_AT_ONCE = 50
 _TIMEOUT = 60.0
@@ -105,8 +111,43 @@ def _server_main(url: str, ports: Any) -> None:
     event_loop.run(serve())  # what `eventstore serve` runs on here
 
 
-def _clients_main(port: int, count: int, tag: str, replies: Any, stop: Any) -> None:
-    """Child process: ``count`` SSE clients; reports (tag, position, [read times]) once all of them read it.
+def _floor_main(libpq_url: str, ports: Any, stop: Any) -> None:
+    """Child process: the floor (see the module): on each notification, one ``send`` of one message per client."""
+    import socket
+    import threading
+
+    import psycopg
+
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(2048)
+    clients: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            client, _ = listening.accept()
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvicorn sets it
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += client.recv(4096)
+            client.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            clients.append(client)
+
+    threading.Thread(target=accept, daemon=True).start()
+    with psycopg.connect(libpq_url, autocommit=True) as connection:
+        connection.execute("LISTEN " + _FLOOR_CHANNEL)
+        ports.put(listening.getsockname()[1])
+        while not stop.is_set():
+            for notify in connection.notifies(timeout=0.5):
+                message = f"id: {notify.payload}\r\nevent: Ping\r\ndata: {_FLOOR_DATA}\r\n\r\n".encode()
+                chunk = b"%x\r\n%s\r\n" % (len(message), message)
+                for client in list(clients):
+                    client.send(chunk)  # a few hundred bytes into an empty socket buffer: never blocks here
+
+
+def _clients_main(ports: tuple[int, ...], count: int, tag: str, replies: Any, stop: Any) -> None:
+    """Child process: ``count`` SSE clients of each server; reports (tag, id, [read times]) once ``count`` read an id.
 
     Plain non-blocking sockets and one ``epoll``, no asyncio streams: a
     readable socket costs one ``recv`` and a split into lines, so that 990
@@ -118,10 +159,10 @@ def _clients_main(port: int, count: int, tag: str, replies: Any, stop: Any) -> N
     import select
     import socket
 
-    request = f"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
     sockets: dict[int, socket.socket] = {}
     partial: dict[int, bytes] = {}
-    for first in range(0, count, _CONNECTING_AT_ONCE):
+    for port, first in ((port, first) for port in ports for first in range(0, count, _CONNECTING_AT_ONCE)):
+        request = f"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
         batch = [socket.create_connection(("127.0.0.1", port)) for _ in range(min(_CONNECTING_AT_ONCE, count - first))]
         for connection in batch:
             connection.sendall(request)
@@ -175,11 +216,11 @@ def _cpu_seconds(pid: int) -> float:
 class _Clients:
     """One client process and its stop flag."""
 
-    def __init__(self, context: Any, port: int, count: int, tag: str, replies: Any) -> None:
+    def __init__(self, context: Any, ports: tuple[int, ...], count: int, tag: str, replies: Any) -> None:
         self.tag = tag
         self.count = count
         self.stop = context.Event()
-        self.process = context.Process(target=_clients_main, args=(port, count, tag, replies, self.stop), daemon=True)
+        self.process = context.Process(target=_clients_main, args=(ports, count, tag, replies, self.stop), daemon=True)
         self.process.start()
 
     def close(self) -> None:
@@ -190,9 +231,15 @@ class _Clients:
 
 
 class _SsePinger:
-    """Parent side: the server process, its clients, and the store that appends the pings."""
+    """Parent side: the SSE server and the floor, their clients, and what sends the pings (a store, a raw connection).
 
-    def __init__(self, server: BenchServer) -> None:
+    ``floor_database`` is a migrated database whose ``events`` triggers are
+    disabled (the raw round trip's): the floor's pings are inserted there.
+    """
+
+    def __init__(self, server: BenchServer, *, floor_database: str) -> None:
+        import psycopg
+
         from eventstore import EventStore
 
         self.context = multiprocessing.get_context("spawn")
@@ -203,6 +250,13 @@ class _SsePinger:
         self.server = self.context.Process(target=_server_main, args=(url, ports), daemon=True)
         self.server.start()
         self.port = int(ports.get(timeout=_TIMEOUT))
+        self.floor_stop = self.context.Event()
+        self.floor = self.context.Process(
+            target=_floor_main, args=(server.libpq_url(floor_database), ports, self.floor_stop), daemon=True
+        )
+        self.floor.start()
+        self.floor_port = int(ports.get(timeout=_TIMEOUT))
+        self.floor_connection = psycopg.connect(server.libpq_url(floor_database))
         self.clients: list[_Clients] = []
         self.pending: dict[tuple[str, int], list[float]] = {}
         self.sequence = 0
@@ -216,7 +270,7 @@ class _SsePinger:
         self._start(probes, "probe")
 
     def _start(self, count: int, tag: str) -> None:
-        clients = _Clients(self.context, self.port, count, tag, self.replies)
+        clients = _Clients(self.context, (self.port, self.floor_port), count, tag, self.replies)
         self.clients.append(clients)
         self._expect(tag, 0)
 
@@ -225,22 +279,32 @@ class _SsePinger:
             clients.close()
         self.clients = []
 
-    def cpu_seconds(self) -> tuple[float, float]:
-        """CPU seconds used so far by the server process and by all client processes."""
-        assert self.server.pid is not None
-        return _cpu_seconds(self.server.pid), sum(
+    def cpu_seconds(self, *, floor: bool = False) -> tuple[float, float]:
+        """CPU seconds used so far by the SSE server's (or the floor's) process and by all client processes."""
+        serving = self.floor if floor else self.server
+        assert serving.pid is not None
+        return _cpu_seconds(serving.pid), sum(
             _cpu_seconds(clients.process.pid) for clients in self.clients if clients.process.pid is not None
         )
 
-    def ping(self) -> tuple[list[float], list[float]]:
-        """One append; (the probes' latencies, every client's latencies) in ms."""
+    def ping(self, *, floor: bool = False) -> tuple[list[float], list[float]]:
+        """One append (or, for the floor, the raw insert and notify); (the probes', every client's latencies) in ms."""
         from eventstore import NewEvent
 
         self.sequence += 1
+        stream_id = f"sse-{uuid.uuid4().hex[:12]}"
         sent = time.time()
-        position = self.store.append(
-            f"sse-{uuid.uuid4().hex[:12]}", [NewEvent("Ping", {"n": self.sequence})]
-        ).global_position
+        if floor:
+            position = _FLOOR_KEYS + self.sequence
+            self.floor_connection.execute(
+                "INSERT INTO events (transaction_order, event_id, stream_id, stream_version, event_type, data) "
+                "VALUES (pg_current_xact_id(), %s, %s, 1, 'Ping', %s::jsonb)",
+                (uuid.uuid4(), stream_id, f'{{"n": {self.sequence}}}'),
+            )
+            self.floor_connection.execute("SELECT pg_notify(%s, %s)", (_FLOOR_CHANNEL, str(position)))
+            self.floor_connection.commit()
+        else:
+            position = self.store.append(stream_id, [NewEvent("Ping", {"n": self.sequence})]).global_position
         probes: list[float] = []
         everyone: list[float] = []
         for clients in self.clients:
@@ -266,10 +330,13 @@ class _SsePinger:
 
     def close(self) -> None:
         self.disconnect()
+        self.floor_stop.set()
         self.server.terminate()
-        self.server.join(timeout=15)
-        if self.server.is_alive():
-            self.server.kill()
+        for process in (self.server, self.floor):
+            process.join(timeout=15)
+            if process.is_alive():
+                process.kill()
+        self.floor_connection.close()
         self.store.engine.dispose()
 
 
@@ -290,7 +357,8 @@ def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
     server.execute("bench_sse_raw", "ALTER TABLE events DISABLE TRIGGER events_notify_v3")
     server.execute("bench_sse_raw", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
     raw = _Pinger(RAW, server, raw_database="bench_sse_raw")
-    sse = _SsePinger(server)
+    sse = _SsePinger(server, floor_database="bench_sse_raw")
+    contenders = (SSE, FLOOR, RAW)
     try:
         for clients in plan.sse_client_counts:
             began = time.monotonic()
@@ -298,8 +366,10 @@ def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
             logger.info("sse: %d clients connected in %.1f s", clients, time.monotonic() - began)
             case = f"{clients:,} client{'s' if clients > 1 else ''} connected, p99"
             sse.ping()  # warm-up: the server's subscription hub and LISTEN connection are up
+            sse.ping(floor=True)
             for round_number in range(plan.sse_repeats):
-                for contender in (SSE, RAW) if round_number % 2 == 0 else (RAW, SSE):
+                shift = round_number % len(contenders)
+                for contender in contenders[shift:] + contenders[:shift]:
                     if contender == RAW:
                         samples = []
                         for _ in range(plan.sse_pings):
@@ -307,19 +377,20 @@ def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
                             time.sleep(_PAUSE * (0.5 + random.random()))
                         _record(results, case, RAW, samples, {})
                         continue
+                    floor = contender == FLOOR
                     probes: list[float] = []
                     everyone: list[float] = []
                     firsts: list[float] = []  # per ping, the first client's read: wake-up + read + one write
                     lasts: list[float] = []  # per ping, the last client's: that + the fan-out to all of them
-                    server_cpu, clients_cpu = sse.cpu_seconds()
+                    server_cpu, clients_cpu = sse.cpu_seconds(floor=floor)
                     for _ in range(plan.sse_pings):
-                        mine, all_of_them = sse.ping()
+                        mine, all_of_them = sse.ping(floor=floor)
                         probes += mine
                         everyone += all_of_them
                         firsts.append(min(all_of_them))
                         lasts.append(max(all_of_them))
                         time.sleep(_PAUSE * (0.5 + random.random()))
-                    server_after, clients_after = sse.cpu_seconds()
+                    server_after, clients_after = sse.cpu_seconds(floor=floor)
                     ordered = sorted(everyone)
                     extra = {
                         "all clients p50": statistics.median(ordered),
@@ -329,7 +400,7 @@ def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
                         "server CPU ms/ping": (server_after - server_cpu) * 1000.0 / plan.sse_pings,
                         "clients CPU ms/ping": (clients_after - clients_cpu) * 1000.0 / plan.sse_pings,
                     }
-                    _record(results, case, SSE, probes, extra)
+                    _record(results, case, contender, probes, extra)
         if max(plan.sse_client_counts) < 1000:
             results.notes.append(
                 "SSE latency with 1,000 clients skipped in --quick (connecting them takes 5-18 s and each ping "
@@ -345,4 +416,5 @@ def _record(results: Results, case: str, contender: str, samples: list[float], e
     p99 = _percentile(ordered, 0.99)
     extra = {"p50": statistics.median(ordered), "max": ordered[-1], "samples": float(len(ordered)), **extra}
     logger.info("sse latency %s %s: p50 %.2f p99 %.2f ms %s", case, contender, extra["p50"], p99, extra)
-    results.add(SECTION, case, contender, p99, unit="ms", compare_to=(RAW,) if contender == SSE else (), extra=extra)
+    compare_to = {SSE: (RAW, FLOOR), FLOOR: (RAW,)}.get(contender, ())
+    results.add(SECTION, case, contender, p99, unit="ms", compare_to=compare_to, extra=extra)
