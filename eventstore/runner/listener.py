@@ -30,25 +30,31 @@ A probe that cannot be judged (the cluster's NOTIFY queue at least half full,
 where wake-ups are skipped anyway; the second connection refused; its
 ``pg_notify`` failing) proves nothing either way: the listener keeps
 listening, logs at DEBUG, and probes again at its next liveness check.
+The probe's logic, its SQL and the warning's words are
+:mod:`eventstore.store.listen_probe`'s, shared with ``AsyncEventStore.subscribe``
+and ``eventstore tail``; this module only performs its I/O.
 """
 
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
 import psycopg
-from psycopg import pq, sql
-from psycopg.conninfo import conninfo_to_dict
 
 from eventstore.errors import first_line
 from eventstore.runner.connections import KEEPALIVE_OPTIONS
-from eventstore.store.sql import NOTIFY_QUEUE_USAGE
+from eventstore.store.listen_probe import (
+    PROBE_QUEUE_LIMIT,
+    listen_statement,
+    new_probe_channel,
+    probe,
+    run_probe,
+    warn_listen_does_not_deliver,
+)
 
 __all__ = ["Listener", "Mode"]
 
@@ -59,11 +65,13 @@ Mode = Literal["connecting", "listening", "polling"]
 # How long one wait for notifications lasts: bounds how late a stop request is seen.
 _WAIT_SLICE = 0.25
 
-# The NOTIFY trigger skips wake-ups from this queue usage on (alembic/versions/0003_wake_up_hint_only.py),
-# and a nearly full queue may refuse the probe itself: no verdict there.
-_PROBE_QUEUE_LIMIT = 0.5
+# The probe's queue limit as this listener uses it (read at each probe: tests lower it).
+_PROBE_QUEUE_LIMIT = PROBE_QUEUE_LIMIT
 
-_PROBE_SQL = b"SELECT pg_notify($1, $2)"
+_FIX = (
+    "give the runner a direct or session-mode URL for listening: listen_url= (ProjectionRunner), "
+    "--listen-url or EVENTSTORE_LISTEN_URL (eventstore projections run)"
+)
 
 
 class Listener:
@@ -104,7 +112,7 @@ class Listener:
         self.application_name = application_name
         self.probe_timeout = probe_timeout
         self.fallback_poll_interval = fallback_poll_interval
-        self.probe_channel = f"eventstore_probe_{uuid.uuid4().hex}"
+        self.probe_channel = new_probe_channel()
         """This listener's own channel for proving that notifications arrive (unique per listener)."""
         self.mode: Mode = "connecting"
         self.listening = threading.Event()
@@ -164,8 +172,8 @@ class Listener:
 
     def _listen(self, connection: psycopg.Connection[Any], stop: threading.Event) -> bool:
         """LISTEN, prove it, then deliver wake-ups until ``stop``; False when LISTEN proved not to work."""
-        connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-        connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.probe_channel)))
+        connection.execute(listen_statement(self.channel))
+        connection.execute(listen_statement(self.probe_channel))
         self.backend_pid = connection.info.backend_pid
         self.connections += 1
         proven = self._probe(connection, stop)
@@ -208,64 +216,33 @@ class Listener:
         return True
 
     def _probe(self, connection: psycopg.Connection[Any], stop: threading.Event) -> bool | None:
-        """Whether a notification sent from another session reaches this one: True, False, or None (no verdict)."""
-        row = connection.execute(NOTIFY_QUEUE_USAGE).fetchone()
-        usage = float(row[0]) if row is not None else 0.0
-        if usage >= _PROBE_QUEUE_LIMIT:
-            logger.debug(
-                "listener: NOTIFY queue %.0f%% full; not probing whether notifications arrive", usage * 100,
-                extra={"channel": self.channel, "notify_queue_usage": usage},
-            )  # fmt: skip
-            return None
-        token = uuid.uuid4().hex
-        try:
-            sender = psycopg.connect(
-                self.conninfo,
-                autocommit=True,
-                application_name=f"{self.application_name}-probe",
-                prepare_threshold=None,
-                **KEEPALIVE_OPTIONS,
-            )
-        except psycopg.Error as error:
-            logger.debug("listener: cannot open the probe connection (%s); no verdict on LISTEN", first_line(error),
-                         extra={"channel": self.channel})  # fmt: skip
-            return None
-        deadline = time.monotonic() + self.probe_timeout
-        try:
-            # Sent without waiting for the reply: a pooler may queue it for a free server session for
-            # minutes (query_wait_timeout), and the wait below is bounded by probe_timeout alone.
-            failure = _send(sender.pgconn, _PROBE_SQL, [self.probe_channel.encode(), token.encode()], deadline)
-            while failure is None and not stop.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                for notification in connection.notifies(timeout=min(remaining, _WAIT_SLICE), stop_after=1):
-                    if notification.channel == self.probe_channel and notification.payload == token:
-                        logger.debug("listener: probe arrived; LISTEN works", extra={"channel": self.channel})
-                        return True
-                failure = _reply_error(sender.pgconn)
-        finally:
-            sender.close()
-        if failure is not None:
-            logger.debug("listener: the probe notification failed (%s); no verdict on LISTEN", failure,
-                         extra={"channel": self.channel})  # fmt: skip
-        return None
+        """Whether a notification sent from another session reaches this one: True, False, or None (no verdict).
+
+        The logic is :func:`eventstore.store.listen_probe.probe`, shared with the asyncio subscriptions and
+        ``eventstore tail``.
+        """
+        steps = probe(
+            self.probe_channel,
+            timeout=self.probe_timeout,
+            logger=logger,
+            who="listener",
+            queue_limit=_PROBE_QUEUE_LIMIT,
+            extra={"channel": self.channel},
+        )
+        return run_probe(connection, self.conninfo, steps, application_name=self.application_name, stopping=stop.is_set)
 
     def _give_up_listening(self, connection: psycopg.Connection[Any]) -> None:
         """Warn (once per listener), drop the LISTENs this session may still hold somewhere, and switch to polling."""
         if not self._warned:
             self._warned = True
-            logger.warning(
-                "LISTEN through %s does not deliver notifications: a probe sent from another session did not "
-                "arrive within %.1f s, as happens behind a pooler in transaction mode (PgBouncer pool_mode = "
-                "transaction), which gives each transaction any server session, while LISTEN needs one of its "
-                "own. Falling back to polling every %.1f s. For prompt wake-ups, give the runner a direct or "
-                "session-mode URL for listening: listen_url= (ProjectionRunner), --listen-url or "
-                "EVENTSTORE_LISTEN_URL (eventstore projections run)",
-                _describe(self.conninfo),
-                self.probe_timeout,
-                self.fallback_poll_interval,
-                extra={"channel": self.channel, "target": _describe(self.conninfo), "mode": "polling"},
+            warn_listen_does_not_deliver(
+                logger,
+                who="listener",
+                conninfo=self.conninfo,
+                probe_timeout=self.probe_timeout,
+                poll_interval=self.fallback_poll_interval,
+                fix=_FIX,
+                extra={"channel": self.channel},
             )
         self.mode = "polling"
         try:  # Best effort: the server session that ran the LISTEN should not keep receiving wake-ups.
@@ -283,41 +260,3 @@ class Listener:
                 stop.wait(self.fallback_poll_interval)
         finally:
             self.ready.clear()
-
-
-def _send(pgconn: pq.abc.PGconn, query: bytes, parameters: list[bytes | None], deadline: float) -> str | None:
-    """Send ``query`` without waiting for its reply; an error message if it cannot be sent by ``deadline``."""
-    try:
-        pgconn.send_query_params(query, parameters)
-        while pgconn.flush():  # psycopg's connections are non-blocking: 1 means more to send
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return "timed out sending it"
-            select.select([], [pgconn.socket], [], remaining)
-    except psycopg.Error as error:
-        return first_line(error)
-    return None
-
-
-def _reply_error(pgconn: pq.abc.PGconn) -> str | None:
-    """The error of the reply to a query sent with :func:`_send`, if it has come; never waits."""
-    try:
-        pgconn.consume_input()
-        while not pgconn.is_busy():
-            result = pgconn.get_result()
-            if result is None:
-                return None
-            if result.status == pq.ExecStatus.FATAL_ERROR:
-                return result.error_message.decode(errors="replace").strip() or "unknown error"
-    except psycopg.Error as error:
-        return first_line(error)
-    return None
-
-
-def _describe(conninfo: str) -> str:
-    """``host:port/dbname`` of a libpq connection string or URL, never the password."""
-    try:
-        parts = conninfo_to_dict(conninfo)
-    except psycopg.Error:
-        return "the listen URL"
-    return f"{parts.get('host') or 'localhost'}:{parts.get('port') or 5432}/{parts.get('dbname') or ''}"
