@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from eventstore import EventStore, NewEvent
 from eventstore.cli import app as cli_app
 from eventstore.types import event_record
-from eventstore.web.sse import EventStream, Frames, _Streams, encode_event
+from eventstore.web.frames import Frames, encode_event
+from eventstore.web.sse import EventStream, _Streams
 
 if TYPE_CHECKING:
     from tests.web.conftest import WebServer
