@@ -13,6 +13,6 @@ Parts, from the top: :mod:`~eventstore.runner.runner` (the
 """
 
 from eventstore.runner.runner import ProjectionRunner
-from eventstore.runner.settings import RunnerSettings
+from eventstore.runner.settings import RunnerOptions, RunnerSettings
 
-__all__ = ["ProjectionRunner", "RunnerSettings"]
+__all__ = ["ProjectionRunner", "RunnerOptions", "RunnerSettings"]

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
@@ -41,12 +41,15 @@ from eventstore.runner.leases import LeaseKeeper
 from eventstore.runner.listener import Listener
 from eventstore.runner.ownership import owner_id
 from eventstore.runner.session import ProjectionSession
-from eventstore.runner.settings import RunnerSettings
+from eventstore.runner.settings import RunnerOptions, RunnerSettings
 from eventstore.runner.stalls import HeldBackCheck, StallWatch
 from eventstore.runner.waiting import wait_until_processed
 from eventstore.runner.worker import Schedule, Worker
 from eventstore.store import NOTIFY_CHANNEL, EventStore
 from eventstore.types import RecordedEvent
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.12
 
 __all__ = ["ProjectionRunner"]
 
@@ -62,7 +65,8 @@ class ProjectionRunner:
     ``held_back_interval``, ``lock_retry_interval``, ``retry_attempts``,
     ``retry_delay``, ``retry_max_delay``, ``reconnect_max_delay``,
     ``liveness_interval``, ``stall_warning_after``, ``lease_ttl``, and
-    ``connections``: the connection budget), plus ``shutdown_timeout``
+    ``connections``: the connection budget; typed as
+    :class:`~eventstore.runner.RunnerOptions` for type checkers), plus ``shutdown_timeout``
     and ``listen_url`` (a direct connection URL for the LISTEN session, for
     when ``store`` goes through a transaction-mode pooler; default: the
     store's URL).
@@ -84,7 +88,7 @@ class ProjectionRunner:
         on_batch: Callable[[str, list[RecordedEvent]], None] | None = None,
         shutdown_timeout: float = 8.0,
         listen_url: str | None = None,
-        **settings: Any,
+        **settings: Unpack[RunnerOptions],
     ) -> None:
         if isinstance(projections, Projection) or not projections:
             raise ConfigurationError("ProjectionRunner needs a non-empty list of Projection instances")

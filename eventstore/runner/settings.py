@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from eventstore.errors import ConfigurationError
 
-__all__ = ["RunnerSettings"]
+__all__ = ["RunnerOptions", "RunnerSettings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +52,26 @@ class RunnerSettings:
         for field in ("poll_interval", "held_back_interval", "lock_retry_interval", "reconnect_max_delay", "lease_ttl"):
             if getattr(self, field) <= 0:
                 raise ConfigurationError(f"{field}={getattr(self, field)}; it must be a positive number of seconds")
+
+
+class RunnerOptions(TypedDict, total=False):
+    """The :class:`RunnerSettings` fields as :class:`~eventstore.ProjectionRunner` keywords (for type checkers).
+
+    ``poll_interval`` is a parameter of its own there. ``tests/unit`` keeps
+    this list in step with the fields; the defaults and checks are
+    :class:`RunnerSettings`'s.
+    """
+
+    batch_size: int
+    held_back_interval: float
+    lock_retry_interval: float
+    lease_ttl: float
+    connections: int
+    retry_attempts: int
+    retry_delay: float
+    retry_max_delay: float
+    reconnect_initial_delay: float
+    reconnect_max_delay: float
+    liveness_interval: float
+    stall_warning_after: float
+    defer_writes: bool
