@@ -195,8 +195,11 @@ class SubscriptionHub:
         delay = self.settings.reconnect_initial_delay
         while True:
             timeout = self.settings.held_back_interval if self._held_back else self.settings.poll_interval
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that comes just as the
+            # event is set (https://github.com/python/cpython/issues/86296), and close() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
             if not self.live:
                 continue
