@@ -9,6 +9,7 @@ sleeps to wait: every wait is on a condition, with a timeout.
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,6 +27,8 @@ from eventstore.testing.server import TestServer
 
 T = TypeVar("T")
 TIMEOUT = 20.0
+CLOSE_TIMEOUT = 15.0
+"""Teardown's bound for each step (psycopg gives a cancelled statement up to 10 s to end)."""
 # Only wake-ups deliver: a test that needs the timer says so.
 NO_POLL = SubscriptionSettings(poll_interval=60.0, application_name="es-test-subscriptions")
 
@@ -139,14 +142,42 @@ def make_store(loop: Loop, database_url: str) -> Iterator[Callable[..., AsyncEve
     yield make
 
     async def close_all() -> None:
-        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in tasks:
+        # The test's own tasks are cancelled; the hubs' tasks are left to close(), as a user's close stops them.
+        hub_tasks = {
+            task for async_store in made if async_store._subscriptions for task in async_store._subscriptions._tasks
+        }
+        own = {task for task in asyncio.all_tasks() if task is not asyncio.current_task() and task not in hub_tasks}
+        for task in own:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for async_store in made:
-            await async_store.close()
+        hung = [await within(CLOSE_TIMEOUT, asyncio.wait(own) if own else asyncio.sleep(0), "the test's tasks to end")]
+        for async_store in made:  # each one, whatever hung before
+            hung.append(await within(CLOSE_TIMEOUT, async_store.close(), f"{async_store!r}.close()"))
+        if any(hung):
+            raise AssertionError("teardown hung:\n" + "\n".join(report for report in hung if report))
 
-    loop.run(close_all())
+    loop.run(close_all(), timeout=2 * CLOSE_TIMEOUT + 5)
+
+
+async def within(seconds: float, awaitable: Awaitable[Any], what: str) -> str:
+    """Await ``awaitable`` for at most ``seconds``: "" if it ended, else every task still running and where it waits.
+
+    A bare timeout would only say that teardown was slow; the stacks say which task hung on what.
+    """
+    waiting = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({waiting}, timeout=seconds)
+    if waiting in done:
+        waiting.result()
+        return ""
+    stuck = [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
+    tasks = "\n".join(describe_task(task) for task in stuck)  # before the cancel below moves them on
+    waiting.cancel()
+    return f"still waiting for {what} after {seconds} s; tasks running:\n{tasks}"
+
+
+def describe_task(task: asyncio.Task[Any]) -> str:
+    stack = io.StringIO()
+    task.print_stack(file=stack)
+    return f"{task.get_name()} (cancelling: {task.cancelling()}):\n{stack.getvalue()}"
 
 
 def hub_of(async_store: AsyncEventStore) -> SubscriptionHub:
@@ -247,6 +278,8 @@ def test_killed_listen_backend_is_invisible_but_for_delay(
     consumer.wait_for(1)
     consumer.wait_live()
     hub = hub_of(consumer.store)
+    # Live comes before LISTEN does (the listener's first read covers the gap): wait for the backend to kill.
+    loop.wait_until(hub.listening.is_set, what="the hub to listen")
     [pid] = listener_backends(engine, NO_POLL.application_name)
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
@@ -271,6 +304,7 @@ def test_server_restart_is_invisible_but_for_delay(
     consumer.wait_live()
     consumer.wait_for(1)
     hub = hub_of(consumer.store)
+    loop.wait_until(hub.listening.is_set, what="the hub to listen")  # else the restart may come before the first
     test_server.restart()
     for number in range(1, 4):
         store.append(f"a-{number}", [happened(str(number))])
