@@ -397,6 +397,35 @@ def test_cancelling_an_idle_subscriber_ends_it_within_a_second(
     assert hub.live == set()
 
 
+def test_closing_the_store_just_as_the_hub_is_woken_ends_its_tasks(
+    loop: Loop, make_store: Callable[..., AsyncEventStore]
+) -> None:
+    """close() ends the hub's reader whenever it lands: Python 3.11's ``asyncio.wait_for`` returned the result of
+    an event set just before the cancel and dropped the cancel, and the reader then waited out its poll (60 s here:
+    the once-seen teardown hang on CI)."""
+    async_store = make_store()
+    for turns in range(6):  # close() lands at each step of the reader's wake-up in turn
+        consumer = Consumer(loop, async_store, after="head").start()
+        consumer.wait_live()
+        hub = hub_of(async_store)
+        loop.wait_until(hub.listening.is_set, what="the hub to listen")
+        assert consumer.task is not None
+        consumer.task.cancel()  # the hub stays open with no subscriber, its reader idle
+        reader = next(task for task in hub._tasks if task.get_name().endswith("reader"))
+
+        hung = loop.run(close_as_woken(async_store, hub, turns))
+        assert not hung, hung
+        assert reader.done(), describe_task(reader)
+
+
+async def close_as_woken(async_store: AsyncEventStore, hub: SubscriptionHub, turns: int) -> str:
+    """Wake the hub's reader, let the loop run ``turns`` times, close the store: what hung ("" if nothing)."""
+    hub._wake.set()  # what the listener does on a notification (whose timing a test cannot choose)
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    return await within(5.0, async_store.close(), f"close() {turns} loop turns after a wake-up")
+
+
 # -- resume and filters -------------------------------------------------------------------
 
 
