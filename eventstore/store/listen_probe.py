@@ -296,8 +296,10 @@ async def _writable(fd: int, timeout: float) -> None:
 
     loop.add_writer(fd, writable)
     try:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that comes as the future is set.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready, timeout)
+            async with asyncio.timeout(timeout):
+                await ready
     finally:
         loop.remove_writer(fd)
 
@@ -333,6 +335,7 @@ def warn_listen_does_not_deliver(
         poll_interval,
         fix,
         extra={**(extra or {}), "target": target, "mode": "polling"},
+        stacklevel=2,  # the record names the feed's code, not this helper
     )
 
 

@@ -4,11 +4,22 @@ The hub (:class:`SubscriptionHub`, one per store, started by the first
 ``subscribe``) owns:
 
 - **one LISTEN connection** (a dedicated autocommit psycopg
-  ``AsyncConnection``, ``application_name`` ``eventstore-subscriptions``): a
-  notification is only a wake-up, the events table is the truth. It reconnects
-  with backoff when the connection is lost and then re-reads, because
-  PostgreSQL keeps no notification for a session that was not listening
-  (https://www.postgresql.org/docs/current/sql-listen.html);
+  ``AsyncConnection``, ``application_name`` ``eventstore-subscriptions``, on
+  the store's URL or ``SubscriptionSettings.listen_url``): a notification is
+  only a wake-up, the events table is the truth. It reconnects with backoff
+  when the connection is lost and then re-reads, because PostgreSQL keeps no
+  notification for a session that was not listening
+  (https://www.postgresql.org/docs/current/sql-listen.html). After each
+  LISTEN it proves that notifications arrive, with the runner listener's
+  probe (:mod:`eventstore.store.listen_probe`): a notification sent from
+  another session must come back within ``probe_timeout`` seconds. Through a
+  transaction-mode pooler (PgBouncer ``pool_mode = transaction``) it does
+  not, as LISTEN needs a session of its own: the hub then logs one WARNING
+  (from this module's logger, naming the URL and the fix, a direct or
+  session-mode ``listen_url``), closes the LISTEN connection and relies on
+  the fallback poll (``poll_interval``) for good. A probe that cannot be
+  judged (the NOTIFY queue half full, the probe connection refused) keeps
+  the LISTEN and is tried again at the next liveness check;
 - **the shared cursor**: on each wake-up (a notification, a reconnect, a short
   timer while the gap rule's fence holds events back, whose end sends no
   notification, and a fallback poll) the hub reads the new events once, after
@@ -42,15 +53,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
-from psycopg import sql as psycopg_sql
 
-from eventstore.database import CLIENT_KEEPALIVES, is_connection_error, libpq_url
+from eventstore.database import CLIENT_KEEPALIVES, is_connection_error, libpq_url, url_of
 from eventstore.errors import first_line
 from eventstore.store import protocol
+from eventstore.store.listen_probe import (
+    listen_statement,
+    new_probe_channel,
+    probe,
+    run_probe_async,
+    warn_listen_does_not_deliver,
+)
 from eventstore.store.sql import NOTIFY_CHANNEL
 from eventstore.types import RecordedEvent
 
@@ -60,6 +77,13 @@ if TYPE_CHECKING:
 __all__ = ["Cursor", "FilterKey", "SubscriptionHub", "SubscriptionSettings"]
 
 logger = logging.getLogger(__name__)
+
+Mode = Literal["connecting", "listening", "polling"]
+
+_FIX = (
+    "give the subscriptions a direct or session-mode URL for listening: AsyncEventStore(url, "
+    "subscription_settings=SubscriptionSettings(listen_url=...)), or a store on such a URL"
+)
 
 Cursor = tuple[int, int]
 """``(transaction_order, global_position)``: a place in the global order."""
@@ -74,13 +98,21 @@ class SubscriptionSettings:
 
     - ``poll_interval``: the fallback re-read when no wake-up came (a wake-up
       can be lost: skipped while the NOTIFY queue is half full, or sent while
-      the listener was reconnecting).
+      the listener was reconnecting), and the only one when LISTEN proved not
+      to deliver (a transaction-mode pooler).
     - ``held_back_interval``: the re-read while the fence holds events back
       (the end of the blocking transaction sends no wake-up).
     - ``liveness_interval``: an idle LISTEN connection runs ``SELECT 1`` this often.
     - ``reconnect_initial_delay`` / ``reconnect_max_delay``: the exponential backoff.
     - ``max_catch_up_readers``: catch-up reads running at once (each on a connection).
     - ``application_name``: the LISTEN connection's name in ``pg_stat_activity``.
+    - ``probe_timeout``: how long the probe after each LISTEN waits for its
+      notification before declaring that LISTEN does not deliver.
+    - ``listen_url``: a URL (libpq or SQLAlchemy form) for the LISTEN
+      connection and its probe, when the store's own goes through a
+      transaction-mode pooler: a direct or session-mode one of the same
+      database. None: the store's URL. Hidden from ``repr`` (it may hold a
+      password).
     """
 
     poll_interval: float = 1.0
@@ -90,6 +122,8 @@ class SubscriptionSettings:
     reconnect_max_delay: float = 5.0
     max_catch_up_readers: int = 4
     application_name: str = "eventstore-subscriptions"
+    probe_timeout: float = 2.0
+    listen_url: str | None = field(default=None, repr=False)
 
 
 Execute = Callable[[Any], Awaitable[Any]]
@@ -101,6 +135,15 @@ class SubscriptionHub:
     ``execute`` runs a :mod:`~eventstore.store.protocol` step on one of the
     store's connections. :attr:`queries` counts the statements the hub and its
     subscriptions ran (tests use it to bound the cost of a wake-up).
+
+    State, for callers and tests: :attr:`mode` is ``"connecting"``,
+    ``"listening"`` or ``"polling"`` (LISTEN proved not to deliver: only the
+    ``poll_interval`` timer wakes the hub, for good); :attr:`listening` is set
+    while a LISTEN is in place whose probe arrived (or could not be judged);
+    :attr:`ready` while wake-ups are in place either way.
+
+    Raises:
+        ConfigurationError: ``settings.listen_url`` is not a valid URL.
     """
 
     def __init__(self, url: Any, execute: Execute, *, batch_size: int, settings: SubscriptionSettings) -> None:
@@ -113,11 +156,16 @@ class SubscriptionHub:
         """How many times the LISTEN connection was established (1 + reconnects)."""
         self.backend_pid: int | None = None
         self.listening = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.mode: Mode = "connecting"
+        self.probe_channel = new_probe_channel()
+        """This hub's own channel for proving that notifications arrive."""
+        self._warned = False
         self.subscriptions: set[Subscription] = set()
         self.live: set[Subscription] = set()
         self.cursor: Cursor | None = None
         self.reading = False
-        self._conninfo = libpq_url(url)
+        self._conninfo = libpq_url(url_of(settings.listen_url) if settings.listen_url is not None else url)
         self._execute_step = execute
         self.catch_up_slots = asyncio.Semaphore(settings.max_catch_up_readers)
         """Held by a subscription's own reads: bounds the connections 1,000 subscriptions open."""
@@ -256,15 +304,17 @@ class SubscriptionHub:
                     self._conninfo,
                     autocommit=True,
                     application_name=self.settings.application_name,
+                    prepare_threshold=None,  # SELECT 1 runs forever: never prepared, whatever is in between
                     **CLIENT_KEEPALIVES,
                 )
             except (psycopg.Error, OSError) as error:
                 logger.warning("subscriptions: cannot connect to LISTEN (%s); retrying in %.1f s",
                                first_line(error), delay, extra={"retry_in": delay})  # fmt: skip
             else:
+                works = True
                 try:
                     async with connection:
-                        await self._listen(connection)
+                        works = await self._listen(connection)
                 except (psycopg.Error, OSError) as error:
                     logger.warning("subscriptions: LISTEN connection lost (%s); reconnecting",
                                    first_line(error), extra={"backend_pid": self.backend_pid})  # fmt: skip
@@ -272,24 +322,71 @@ class SubscriptionHub:
                         delay = self.settings.reconnect_initial_delay
                 finally:
                     self.listening.clear()
+                    self.ready.clear()
+                    self.mode = "connecting"
                     self.backend_pid = None
+                if not works:
+                    # The reader's poll_interval timer is the wake-up from now on; read once now for what
+                    # was committed while the probe waited.
+                    self.mode = "polling"
+                    self.ready.set()
+                    self._wake.set()
+                    return
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max_delay)
 
-    async def _listen(self, connection: psycopg.AsyncConnection[Any]) -> None:
-        await connection.execute(psycopg_sql.SQL("LISTEN {}").format(psycopg_sql.Identifier(NOTIFY_CHANNEL)))
+    async def _listen(self, connection: psycopg.AsyncConnection[Any]) -> bool:
+        """LISTEN, prove it, then set wake-ups until cancelled; False when LISTEN proved not to deliver."""
+        await connection.execute(listen_statement(NOTIFY_CHANNEL))
+        await connection.execute(listen_statement(self.probe_channel))
         self.backend_pid = connection.info.backend_pid
         self.connections += 1
+        proven = await self._probe(connection)
+        if proven is False:
+            await self._give_up_listening(connection)
+            return False
+        self.mode = "listening"
         self.listening.set()
+        self.ready.set()
         logger.info("subscriptions: listening on %s", NOTIFY_CHANNEL,
                     extra={"backend_pid": self.backend_pid, "connections": self.connections})  # fmt: skip
         # Wake-ups sent while nobody listened are lost; the table is not: re-read.
         self._wake.set()
         while True:
             received = False
-            async for _ in connection.notifies(timeout=self.settings.liveness_interval, stop_after=1):
-                received = True
+            async for notification in connection.notifies(timeout=self.settings.liveness_interval, stop_after=1):
+                received = received or notification.channel == NOTIFY_CHANNEL  # a late probe is no wake-up
             if received:
                 self._wake.set()
+            elif proven is None:  # a probe that could not be judged before: judge it now
+                proven = await self._probe(connection)
+                if proven is False:
+                    self.listening.clear()
+                    await self._give_up_listening(connection)
+                    return False
             else:
                 await connection.execute("SELECT 1")  # idle: is the session (and its LISTEN) still there?
+
+    async def _probe(self, connection: psycopg.AsyncConnection[Any]) -> bool | None:
+        """Whether a notification sent from another session reaches this one: True, False, or None (no verdict)."""
+        steps = probe(self.probe_channel, timeout=self.settings.probe_timeout, logger=logger, who="subscriptions",
+                      extra={"channel": NOTIFY_CHANNEL})  # fmt: skip
+        return await run_probe_async(connection, self._conninfo, steps, application_name=self.settings.application_name)
+
+    async def _give_up_listening(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        """Warn (once per hub) and drop the LISTENs the server session that ran them may still hold."""
+        if not self._warned:
+            self._warned = True
+            warn_listen_does_not_deliver(
+                logger,
+                who="subscriptions",
+                conninfo=self._conninfo,
+                probe_timeout=self.settings.probe_timeout,
+                poll_interval=self.settings.poll_interval,
+                fix=_FIX,
+                extra={"channel": NOTIFY_CHANNEL},
+            )
+        try:  # Best effort: the server session that ran the LISTEN should not keep receiving wake-ups.
+            await connection.execute("UNLISTEN *")
+        except psycopg.Error as error:
+            logger.debug("subscriptions: UNLISTEN failed (%s)", first_line(error))
