@@ -133,8 +133,11 @@ class Dashboard:
                     if queue.full():
                         queue.get_nowait()  # a slow page misses an intermediate state, never the latest
                     queue.put_nowait(rendered[key])
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that comes just
+                # as the event is set, and this loop would never end (the hub's reader had that bug).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 await asyncio.sleep(0.2)  # at most five snapshots a second under a stream of appends
         finally:
             listener.cancel()
