@@ -64,8 +64,9 @@ class Dashboard:
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # gather, not `suppress(CancelledError): await task`, which would also swallow a cancel of
+            # whoever awaits this (a shutdown that gives up waiting).
+            await asyncio.gather(task, return_exceptions=True)
         self.close()
 
     def wake(self) -> None:
@@ -141,8 +142,7 @@ class Dashboard:
                 await asyncio.sleep(0.2)  # at most five snapshots a second under a stream of appends
         finally:
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await asyncio.gather(listener, return_exceptions=True)
 
     async def _listen(self) -> None:
         """Wake the sampler when events arrive (one shared LISTEN: the store's subscription hub)."""
