@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from typing import Any
 
 from eventstore.errors import EventStoreError
@@ -97,7 +97,7 @@ class Dashboard:
             self._counted_head = snapshot.head
         return snapshot
 
-    async def follow(self, base: str, log: LogFilter | None = None) -> AsyncIterator[dict[str, str]]:
+    async def follow(self, base: str, log: LogFilter | None = None) -> AsyncGenerator[dict[str, str], None]:
         """Fragments for one page, as long as it stays; starts the sampler for the first page.
 
         Each distinct ``log`` filter among the open pages costs one more query per snapshot.
