@@ -143,7 +143,11 @@ def _floor_main(libpq_url: str, ports: Any, stop: Any) -> None:
                 message = f"id: {notify.payload}\r\nevent: Ping\r\ndata: {_FLOOR_DATA}\r\n\r\n".encode()
                 chunk = b"%x\r\n%s\r\n" % (len(message), message)
                 for client in list(clients):
-                    client.send(chunk)  # a few hundred bytes into an empty socket buffer: never blocks here
+                    try:
+                        client.send(chunk)  # a few hundred bytes into an empty socket buffer: never blocks here
+                    except OSError:  # a client of an earlier case, gone
+                        clients.remove(client)
+                        client.close()
 
 
 def _clients_main(ports: tuple[int, ...], count: int, tag: str, replies: Any, stop: Any) -> None:
