@@ -196,11 +196,13 @@ class SubscriptionHub:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # gather, not `suppress(CancelledError): await task`, which would also swallow a cancel of close()'s caller.
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         for subscription in list(self.subscriptions):
             subscription.wake()
+        for outcome in outcomes:  # a task's own failure (a bug) is not hidden by the close
+            if isinstance(outcome, Exception):
+                raise outcome
 
     # -- what subscriptions call ------------------------------------------------
 
