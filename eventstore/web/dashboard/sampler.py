@@ -66,7 +66,10 @@ class Dashboard:
             task.cancel()
             # gather, not `suppress(CancelledError): await task`, which would also swallow a cancel of
             # whoever awaits this (a shutdown that gives up waiting).
-            await asyncio.gather(task, return_exceptions=True)
+            (outcome,) = await asyncio.gather(task, return_exceptions=True)
+            if isinstance(outcome, Exception):  # the sampler's own failure (a bug) is not hidden by the close
+                self.close()
+                raise outcome
         self.close()
 
     def wake(self) -> None:
