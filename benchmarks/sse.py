@@ -64,8 +64,10 @@ logger = logging.getLogger(__name__)
 SECTION = "Commit-to-client latency over SSE (append call -> SSE client reads the message, ms)"
 SSE = "SSE GET /api/events"
 FLOOR = "floor: bare socket fan-out"
+FLOOR_PAIR = "floor, 2 processes"
 RAW = "raw LISTEN/NOTIFY"
-_FLOOR_CHANNEL = "bench_sse_floor"
+_FLOORS = {FLOOR: ("bench_sse_floor", 1), FLOOR_PAIR: ("bench_sse_floor_pair", 2)}
+"""Each floor's notification channel and processes (which share its clients between them)."""
 _FLOOR_KEYS = 1_000_000_000
 """The floor's pings carry ids from here on, apart from the SSE events' positions (the clients count by id)."""
 _FLOOR_DATA = "x" * 200
@@ -111,7 +113,7 @@ def _server_main(url: str, ports: Any) -> None:
     event_loop.run(serve())  # what `eventstore serve` runs on here
 
 
-def _floor_main(libpq_url: str, ports: Any, stop: Any) -> None:
+def _floor_main(libpq_url: str, channel: str, ports: Any, stop: Any) -> None:
     """Child process: the floor (see the module): on each notification, one ``send`` of one message per client."""
     import socket
     import threading
@@ -136,7 +138,7 @@ def _floor_main(libpq_url: str, ports: Any, stop: Any) -> None:
 
     threading.Thread(target=accept, daemon=True).start()
     with psycopg.connect(libpq_url, autocommit=True) as connection:
-        connection.execute("LISTEN " + _FLOOR_CHANNEL)
+        connection.execute("LISTEN " + channel)
         ports.put(listening.getsockname()[1])
         while not stop.is_set():
             for notify in connection.notifies(timeout=0.5):
@@ -150,8 +152,11 @@ def _floor_main(libpq_url: str, ports: Any, stop: Any) -> None:
                         client.close()
 
 
-def _clients_main(ports: tuple[int, ...], count: int, tag: str, replies: Any, stop: Any) -> None:
+def _clients_main(servers: tuple[tuple[int, ...], ...], count: int, tag: str, replies: Any, stop: Any) -> None:
     """Child process: ``count`` SSE clients of each server; reports (tag, id, [read times]) once ``count`` read an id.
+
+    A server is a tuple of ports (the processes of one server, as the
+    two-process floor): its ``count`` clients are spread over them in turn.
 
     Plain non-blocking sockets and one ``epoll``, no asyncio streams: a
     readable socket costs one ``recv`` and a split into lines, so that 990
@@ -165,11 +170,16 @@ def _clients_main(ports: tuple[int, ...], count: int, tag: str, replies: Any, st
 
     sockets: dict[int, socket.socket] = {}
     partial: dict[int, bytes] = {}
-    for port, first in ((port, first) for port in ports for first in range(0, count, _CONNECTING_AT_ONCE)):
-        request = f"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
-        batch = [socket.create_connection(("127.0.0.1", port)) for _ in range(min(_CONNECTING_AT_ONCE, count - first))]
+    for ports, first in ((ports, first) for ports in servers for first in range(0, count, _CONNECTING_AT_ONCE)):
+        batch = [
+            socket.create_connection(("127.0.0.1", ports[number % len(ports)]))
+            for number in range(first, min(first + _CONNECTING_AT_ONCE, count))
+        ]
         for connection in batch:
-            connection.sendall(request)
+            host = f"127.0.0.1:{connection.getpeername()[1]}"
+            connection.sendall(
+                f"GET /api/events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+            )
         for connection in batch:  # the headers come once the server has entered the subscription
             received = b""
             while b"\r\n\r\n" not in received:
@@ -220,11 +230,13 @@ def _cpu_seconds(pid: int) -> float:
 class _Clients:
     """One client process and its stop flag."""
 
-    def __init__(self, context: Any, ports: tuple[int, ...], count: int, tag: str, replies: Any) -> None:
+    def __init__(self, context: Any, servers: tuple[tuple[int, ...], ...], count: int, tag: str, replies: Any) -> None:
         self.tag = tag
         self.count = count
         self.stop = context.Event()
-        self.process = context.Process(target=_clients_main, args=(ports, count, tag, replies, self.stop), daemon=True)
+        self.process = context.Process(
+            target=_clients_main, args=(servers, count, tag, replies, self.stop), daemon=True
+        )
         self.process.start()
 
     def close(self) -> None:
@@ -255,11 +267,20 @@ class _SsePinger:
         self.server.start()
         self.port = int(ports.get(timeout=_TIMEOUT))
         self.floor_stop = self.context.Event()
-        self.floor = self.context.Process(
-            target=_floor_main, args=(server.libpq_url(floor_database), ports, self.floor_stop), daemon=True
-        )
-        self.floor.start()
-        self.floor_port = int(ports.get(timeout=_TIMEOUT))
+        self.floors: dict[str, list[Any]] = {}
+        self.floor_ports: dict[str, tuple[int, ...]] = {}
+        for contender, (channel, processes) in _FLOORS.items():
+            self.floors[contender] = [
+                self.context.Process(
+                    target=_floor_main,
+                    args=(server.libpq_url(floor_database), channel, ports, self.floor_stop),
+                    daemon=True,
+                )
+                for _ in range(processes)
+            ]
+            for process in self.floors[contender]:
+                process.start()
+            self.floor_ports[contender] = tuple(int(ports.get(timeout=_TIMEOUT)) for _ in range(processes))
         self.floor_connection = psycopg.connect(server.libpq_url(floor_database))
         self.clients: list[_Clients] = []
         self.pending: dict[tuple[str, int], list[float]] = {}
@@ -274,7 +295,7 @@ class _SsePinger:
         self._start(probes, "probe")
 
     def _start(self, count: int, tag: str) -> None:
-        clients = _Clients(self.context, (self.port, self.floor_port), count, tag, self.replies)
+        clients = _Clients(self.context, ((self.port,), *self.floor_ports.values()), count, tag, self.replies)
         self.clients.append(clients)
         self._expect(tag, 0)
 
@@ -283,29 +304,28 @@ class _SsePinger:
             clients.close()
         self.clients = []
 
-    def cpu_seconds(self, *, floor: bool = False) -> tuple[float, float]:
-        """CPU seconds used so far by the SSE server's (or the floor's) process and by all client processes."""
-        serving = self.floor if floor else self.server
-        assert serving.pid is not None
-        return _cpu_seconds(serving.pid), sum(
+    def cpu_seconds(self, contender: str = SSE) -> tuple[float, float]:
+        """CPU seconds used so far by ``contender``'s server processes and by all client processes."""
+        serving = self.floors.get(contender, [self.server])
+        return sum(_cpu_seconds(process.pid) for process in serving if process.pid is not None), sum(
             _cpu_seconds(clients.process.pid) for clients in self.clients if clients.process.pid is not None
         )
 
-    def ping(self, *, floor: bool = False) -> tuple[list[float], list[float]]:
-        """One append (or, for the floor, the raw insert and notify); (the probes', every client's latencies) in ms."""
+    def ping(self, contender: str = SSE) -> tuple[list[float], list[float]]:
+        """One append (or, for a floor, the raw insert and notify); (the probes', every client's latencies) in ms."""
         from eventstore import NewEvent
 
         self.sequence += 1
         stream_id = f"sse-{uuid.uuid4().hex[:12]}"
         sent = time.time()
-        if floor:
+        if contender in _FLOORS:
             position = _FLOOR_KEYS + self.sequence
             self.floor_connection.execute(
                 "INSERT INTO events (transaction_order, event_id, stream_id, stream_version, event_type, data) "
                 "VALUES (pg_current_xact_id(), %s, %s, 1, 'Ping', %s::jsonb)",
                 (uuid.uuid4(), stream_id, f'{{"n": {self.sequence}}}'),
             )
-            self.floor_connection.execute("SELECT pg_notify(%s, %s)", (_FLOOR_CHANNEL, str(position)))
+            self.floor_connection.execute("SELECT pg_notify(%s, %s)", (_FLOORS[contender][0], str(position)))
             self.floor_connection.commit()
         else:
             position = self.store.append(stream_id, [NewEvent("Ping", {"n": self.sequence})]).global_position
@@ -336,7 +356,7 @@ class _SsePinger:
         self.disconnect()
         self.floor_stop.set()
         self.server.terminate()
-        for process in (self.server, self.floor):
+        for process in [self.server, *(process for processes in self.floors.values() for process in processes)]:
             process.join(timeout=15)
             if process.is_alive():
                 process.kill()
@@ -362,15 +382,15 @@ def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
     server.execute("bench_sse_raw", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
     raw = _Pinger(RAW, server, raw_database="bench_sse_raw")
     sse = _SsePinger(server, floor_database="bench_sse_raw")
-    contenders = (SSE, FLOOR, RAW)
+    contenders = (SSE, FLOOR, FLOOR_PAIR, RAW)
     try:
         for clients in plan.sse_client_counts:
             began = time.monotonic()
             sse.connect(clients)
             logger.info("sse: %d clients connected in %.1f s", clients, time.monotonic() - began)
             case = f"{clients:,} client{'s' if clients > 1 else ''} connected, p99"
-            sse.ping()  # warm-up: the server's subscription hub and LISTEN connection are up
-            sse.ping(floor=True)
+            for warming_up in (SSE, *_FLOORS):  # the server's subscription hub and LISTEN connection are up
+                sse.ping(warming_up)
             for round_number in range(plan.sse_repeats):
                 shift = round_number % len(contenders)
                 for contender in contenders[shift:] + contenders[:shift]:
@@ -381,20 +401,19 @@ def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
                             time.sleep(_PAUSE * (0.5 + random.random()))
                         _record(results, case, RAW, samples, {})
                         continue
-                    floor = contender == FLOOR
                     probes: list[float] = []
                     everyone: list[float] = []
                     firsts: list[float] = []  # per ping, the first client's read: wake-up + read + one write
                     lasts: list[float] = []  # per ping, the last client's: that + the fan-out to all of them
-                    server_cpu, clients_cpu = sse.cpu_seconds(floor=floor)
+                    server_cpu, clients_cpu = sse.cpu_seconds(contender)
                     for _ in range(plan.sse_pings):
-                        mine, all_of_them = sse.ping(floor=floor)
+                        mine, all_of_them = sse.ping(contender)
                         probes += mine
                         everyone += all_of_them
                         firsts.append(min(all_of_them))
                         lasts.append(max(all_of_them))
                         time.sleep(_PAUSE * (0.5 + random.random()))
-                    server_after, clients_after = sse.cpu_seconds(floor=floor)
+                    server_after, clients_after = sse.cpu_seconds(contender)
                     ordered = sorted(everyone)
                     extra = {
                         "all clients p50": statistics.median(ordered),
@@ -420,5 +439,5 @@ def _record(results: Results, case: str, contender: str, samples: list[float], e
     p99 = _percentile(ordered, 0.99)
     extra = {"p50": statistics.median(ordered), "max": ordered[-1], "samples": float(len(ordered)), **extra}
     logger.info("sse latency %s %s: p50 %.2f p99 %.2f ms %s", case, contender, extra["p50"], p99, extra)
-    compare_to = {SSE: (RAW, FLOOR), FLOOR: (RAW,)}.get(contender, ())
+    compare_to = {SSE: (RAW, FLOOR), FLOOR: (RAW,), FLOOR_PAIR: (RAW, FLOOR)}.get(contender, ())
     results.add(SECTION, case, contender, p99, unit="ms", compare_to=compare_to, extra=extra)
