@@ -34,8 +34,22 @@ Each ping waits until every connected client has its message, then pauses
 ``pg_notify`` in one transaction; a listening process stamps the arrival), in a
 database of its own, measured right next to the SSE pings of each case with
 the same clients connected (idle, since nothing is appended to their
-database), rounds alternating which goes first. Server and client CPU per ping
+database), rounds rotating which goes first. Server and client CPU per ping
 come from ``/proc/<pid>/stat``.
+
+The **floor** (:func:`_floor_main`) is what any server costs here, whatever
+its code: a process that LISTENs with psycopg and, on each notification,
+``send``-s one ready-made message of the same size to each of its client
+sockets in a plain loop (no HTTP framework, no event loop, no read of the
+event, no filter). Every client process holds a connection per client to each
+contender, so every contender's pings reach the same number of clients, read
+by the same loops: what the SSE row has beyond the floor is the server's own
+work; what the floor has beyond the raw round trip is the kernel's (one
+``send`` per client, each waking a reader) on these cores. The same floor in
+**two processes**, each listening and writing to half of the clients, shows
+what splitting the fan-out over the cores can win here; and **two SSE server
+processes** (each its own ``AsyncEventStore``, as two uvicorn workers of one
+app would run, half of the clients each) what it wins for eventstore's server.
 """
 
 from __future__ import annotations
@@ -63,11 +77,16 @@ logger = logging.getLogger(__name__)
 
 SECTION = "Commit-to-client latency over SSE (append call -> SSE client reads the message, ms)"
 SSE = "SSE GET /api/events"
+SSE_PAIR = "SSE, 2 server processes"
 FLOOR = "floor: bare socket fan-out"
 FLOOR_PAIR = "floor, 2 processes"
 RAW = "raw LISTEN/NOTIFY"
+_SERVERS = {SSE: ("bench_sse", 1), SSE_PAIR: ("bench_sse_pair", 2)}
+"""Each SSE contender's database and server processes (which share its clients between them)."""
 _FLOORS = {FLOOR: ("bench_sse_floor", 1), FLOOR_PAIR: ("bench_sse_floor_pair", 2)}
-"""Each floor's notification channel and processes (which share its clients between them)."""
+"""Each floor's notification channel and processes."""
+_PAIR_POSITIONS = 500_000_000
+"""Where the two-process server's database numbers its events: apart from the other's (the clients count by id)."""
 _FLOOR_KEYS = 1_000_000_000
 """The floor's pings carry ids from here on, apart from the SSE events' positions (the clients count by id)."""
 _FLOOR_DATA = "x" * 200
@@ -259,32 +278,34 @@ class _SsePinger:
         from eventstore import EventStore
 
         self.context = multiprocessing.get_context("spawn")
-        url = server.url(server.create_database("bench_sse"))
-        self.store = EventStore(url)
         ports: Any = self.context.Queue()
         self.replies: Any = self.context.Queue()
-        self.server = self.context.Process(target=_server_main, args=(url, ports), daemon=True)
-        self.server.start()
-        self.port = int(ports.get(timeout=_TIMEOUT))
         self.floor_stop = self.context.Event()
-        self.floors: dict[str, list[Any]] = {}
-        self.floor_ports: dict[str, tuple[int, ...]] = {}
-        for contender, (channel, processes) in _FLOORS.items():
-            self.floors[contender] = [
-                self.context.Process(
-                    target=_floor_main,
-                    args=(server.libpq_url(floor_database), channel, ports, self.floor_stop),
-                    daemon=True,
-                )
-                for _ in range(processes)
-            ]
-            for process in self.floors[contender]:
-                process.start()
-            self.floor_ports[contender] = tuple(int(ports.get(timeout=_TIMEOUT)) for _ in range(processes))
+        self.stores: dict[str, EventStore] = {}
+        self.processes: dict[str, list[Any]] = {}
+        """Each contender's server processes (SSE servers and floors)."""
+        self.ports: dict[str, tuple[int, ...]] = {}
+        for contender, (database, count) in _SERVERS.items():
+            server.create_database(database)
+            if contender == SSE_PAIR:
+                server.execute(database, f"ALTER TABLE events ALTER COLUMN global_position RESTART {_PAIR_POSITIONS}")
+            url = server.url(database)
+            self.stores[contender] = EventStore(url)
+            self._start_servers(contender, _server_main, (url, ports), count, ports)
+        for contender, (channel, count) in _FLOORS.items():
+            arguments = (server.libpq_url(floor_database), channel, ports, self.floor_stop)
+            self._start_servers(contender, _floor_main, arguments, count, ports)
         self.floor_connection = psycopg.connect(server.libpq_url(floor_database))
         self.clients: list[_Clients] = []
         self.pending: dict[tuple[str, int], list[float]] = {}
         self.sequence = 0
+
+    def _start_servers(self, contender: str, target: Any, arguments: tuple[Any, ...], count: int, ports: Any) -> None:
+        processes = [self.context.Process(target=target, args=arguments, daemon=True) for _ in range(count)]
+        for process in processes:
+            process.start()
+        self.processes[contender] = processes
+        self.ports[contender] = tuple(int(ports.get(timeout=_TIMEOUT)) for _ in range(count))
 
     def connect(self, count: int) -> None:
         """Replace the connected clients by ``count`` (the load first, then the probes)."""
@@ -295,7 +316,7 @@ class _SsePinger:
         self._start(probes, "probe")
 
     def _start(self, count: int, tag: str) -> None:
-        clients = _Clients(self.context, ((self.port,), *self.floor_ports.values()), count, tag, self.replies)
+        clients = _Clients(self.context, tuple(self.ports.values()), count, tag, self.replies)
         self.clients.append(clients)
         self._expect(tag, 0)
 
@@ -306,7 +327,7 @@ class _SsePinger:
 
     def cpu_seconds(self, contender: str = SSE) -> tuple[float, float]:
         """CPU seconds used so far by ``contender``'s server processes and by all client processes."""
-        serving = self.floors.get(contender, [self.server])
+        serving = self.processes[contender]
         return sum(_cpu_seconds(process.pid) for process in serving if process.pid is not None), sum(
             _cpu_seconds(clients.process.pid) for clients in self.clients if clients.process.pid is not None
         )
@@ -328,7 +349,8 @@ class _SsePinger:
             self.floor_connection.execute("SELECT pg_notify(%s, %s)", (_FLOORS[contender][0], str(position)))
             self.floor_connection.commit()
         else:
-            position = self.store.append(stream_id, [NewEvent("Ping", {"n": self.sequence})]).global_position
+            store = self.stores[contender]
+            position = store.append(stream_id, [NewEvent("Ping", {"n": self.sequence})]).global_position
         probes: list[float] = []
         everyone: list[float] = []
         for clients in self.clients:
@@ -355,13 +377,16 @@ class _SsePinger:
     def close(self) -> None:
         self.disconnect()
         self.floor_stop.set()
-        self.server.terminate()
-        for process in [self.server, *(process for processes in self.floors.values() for process in processes)]:
+        for contender in _SERVERS:
+            for process in self.processes[contender]:
+                process.terminate()
+        for process in (process for processes in self.processes.values() for process in processes):
             process.join(timeout=15)
             if process.is_alive():
                 process.kill()
         self.floor_connection.close()
-        self.store.engine.dispose()
+        for store in self.stores.values():
+            store.engine.dispose()
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -382,14 +407,14 @@ def measure_sse(server: BenchServer, results: Results, plan: Plan) -> None:
     server.execute("bench_sse_raw", "ALTER TABLE events DISABLE TRIGGER events_forbid_update_delete_v1")
     raw = _Pinger(RAW, server, raw_database="bench_sse_raw")
     sse = _SsePinger(server, floor_database="bench_sse_raw")
-    contenders = (SSE, FLOOR, FLOOR_PAIR, RAW)
+    contenders = (SSE, SSE_PAIR, FLOOR, FLOOR_PAIR, RAW)
     try:
         for clients in plan.sse_client_counts:
             began = time.monotonic()
             sse.connect(clients)
             logger.info("sse: %d clients connected in %.1f s", clients, time.monotonic() - began)
             case = f"{clients:,} client{'s' if clients > 1 else ''} connected, p99"
-            for warming_up in (SSE, *_FLOORS):  # the server's subscription hub and LISTEN connection are up
+            for warming_up in (*_SERVERS, *_FLOORS):  # the servers' subscription hubs and LISTEN connections are up
                 sse.ping(warming_up)
             for round_number in range(plan.sse_repeats):
                 shift = round_number % len(contenders)
@@ -439,5 +464,10 @@ def _record(results: Results, case: str, contender: str, samples: list[float], e
     p99 = _percentile(ordered, 0.99)
     extra = {"p50": statistics.median(ordered), "max": ordered[-1], "samples": float(len(ordered)), **extra}
     logger.info("sse latency %s %s: p50 %.2f p99 %.2f ms %s", case, contender, extra["p50"], p99, extra)
-    compare_to = {SSE: (RAW, FLOOR), FLOOR: (RAW,), FLOOR_PAIR: (RAW, FLOOR)}.get(contender, ())
+    compare_to = {
+        SSE: (RAW, FLOOR),
+        SSE_PAIR: (RAW, SSE, FLOOR_PAIR),
+        FLOOR: (RAW,),
+        FLOOR_PAIR: (RAW, FLOOR),
+    }.get(contender, ())
     results.add(SECTION, case, contender, p99, unit="ms", compare_to=compare_to, extra=extra)
