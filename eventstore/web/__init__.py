@@ -54,6 +54,7 @@ def create_app(
     projections: Iterable[str | Projection] = (),
     token: str | None = None,
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+    close_store: bool = False,
 ) -> ASGIApp:
     """The ASGI app serving ``store``: mount it (``Mount("/events", app=create_app(store))``) or run it.
 
@@ -69,8 +70,12 @@ def create_app(
     ``GET /`` is the dashboard (:mod:`eventstore.web.dashboard`): the store
     and each of ``projections`` live, and why a projection is behind.
 
-    The app uses the store from the server's event loop and never closes it
-    (the caller owns it: ``async with AsyncEventStore(url) as store:``).
+    The app uses the store from the server's event loop and, by default,
+    never closes it (the caller owns it: ``async with AsyncEventStore(url) as
+    store:``). ``close_store=True`` hands it over: the app's lifespan closes
+    it at shutdown, for an app that is built with its own store, as a
+    ``uvicorn --factory`` function (or a worker of ``eventstore serve
+    --workers``) builds it.
 
     Raises:
         ConfigurationError: the ``web`` extra is not installed (names ``pip install 'eventstore[web]'``),
@@ -81,4 +86,11 @@ def create_app(
 
     given = tuple(projections)
     names = frozenset(item if isinstance(item, str) else item.name for item in given)
-    return build_app(store, projection_names=names, token=token, heartbeat_seconds=heartbeat_seconds, projections=given)
+    return build_app(
+        store,
+        projection_names=names,
+        token=token,
+        heartbeat_seconds=heartbeat_seconds,
+        projections=given,
+        close_store=close_store,
+    )

@@ -23,14 +23,19 @@ __all__ = ["build_app"]
 
 @contextlib.asynccontextmanager
 async def _closing_dashboard(app: Starlette) -> AsyncIterator[None]:
-    """At shutdown, stop the dashboard's sampler and close its store (the app's own; the caller's stays open).
+    """At shutdown, stop the dashboard's sampler and close its store (the app's own; the caller's stays open
+    unless it was handed over with ``close_store=True``).
 
     Run by a server (``eventstore serve``, ``uvicorn``); a host app that
     mounts this one runs its own lifespan instead, and the dashboard's store
     is closed when collected.
     """
     yield
-    await app.state.dashboard.aclose()
+    try:
+        await app.state.dashboard.aclose()
+    finally:
+        if app.state.close_store:
+            await app.state.store.close()
 
 
 class _App(Starlette):
@@ -61,6 +66,7 @@ def build_app(
     token: str | None,
     heartbeat_seconds: float,
     projections: tuple[str | Projection, ...] = (),
+    close_store: bool = False,
 ) -> ASGIApp:
     """The app (see :func:`eventstore.web.create_app`, which checks that the ``web`` extra is installed)."""
     if not heartbeat_seconds > 0:
@@ -85,6 +91,7 @@ def build_app(
         routes=routes, middleware=middleware, exception_handlers=exception_handlers(), lifespan=_closing_dashboard
     )
     app.state.store = store
+    app.state.close_store = close_store
     app.state.projection_names = projection_names
     app.state.heartbeat_seconds = heartbeat_seconds
     app.state.token = token

@@ -263,3 +263,37 @@ def test_the_app_closes_the_dashboard_store_at_shutdown(database_url: str, engin
     during, after, store_still_usable = asyncio.run(scenario())
     assert after < during  # the dashboard's pooled connections are gone
     assert store_still_usable
+
+
+@pytest.mark.parametrize("close_store", [False, True])
+def test_close_store_hands_the_store_to_the_app_which_closes_it_at_shutdown(
+    close_store: bool, database_url: str, engine: sa.Engine
+) -> None:
+    """``create_app(store, close_store=True)`` (a uvicorn factory, ``serve --workers``): the lifespan closes it."""
+    import asyncio
+    import time
+
+    from eventstore.store import AsyncEventStore
+    from eventstore.web import create_app
+
+    counted = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    def backends() -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(counted).scalar_one())
+
+    async def scenario() -> int:
+        store = AsyncEventStore(database_url)
+        app = create_app(store, close_store=close_store)
+        async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
+            await store.head_position()  # one of the store's pooled connections is open
+        deadline = time.monotonic() + 10  # a backend leaves pg_stat_activity shortly after its client closed
+        while (left := backends()) > 0 and close_store and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await store.close()
+        return left
+
+    left = asyncio.run(scenario())
+    assert (left == 0) is close_store
