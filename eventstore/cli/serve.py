@@ -2,6 +2,13 @@
 
 Loopback by default; any other address needs a token, so that an open port
 never means an open event store (pgqueuer's ``pgq web`` rule).
+
+``--workers N`` runs N server processes under uvicorn's supervisor, on one
+listening socket: each process has its own store, connections and LISTEN
+connection (its own subscription hub), so the fan-out of live streams is
+split across cores. The parent resolves the database (starting the embedded
+server if needed) and hands each process its settings in the environment
+(:data:`WORKER_SETTINGS`); :func:`worker_app` builds the app there.
 """
 
 from __future__ import annotations
@@ -9,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import ipaddress
-from typing import Annotated
+import json
+import os
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,7 +27,15 @@ from eventstore.cli.errors import CliError, reports_errors
 from eventstore.cli.output import status
 from eventstore.web import loop as event_loop
 
-__all__ = ["serve"]
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from eventstore.store import EventStore
+
+__all__ = ["WORKER_SETTINGS", "serve", "worker_app"]
+
+WORKER_SETTINGS = "EVENTSTORE_SERVE_WORKER"
+"""The environment variable that carries ``serve --workers``'s settings (JSON) to each server process."""
 
 
 def is_loopback(host: str) -> bool:
@@ -62,6 +79,16 @@ def serve(
             help="Seconds between keepalive comments on an idle /api/events stream.",
         ),
     ] = 15.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            envvar="EVENTSTORE_WEB_WORKERS",
+            help="Server processes, each with its own connections and LISTEN; more share the live streams' "
+            "fan-out across cores.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the dashboard and the web API (streams, appends, waits, live events over SSE, /metrics) until Ctrl-C."""
     if not token and not is_loopback(host):
@@ -79,22 +106,66 @@ def serve(
     context = state(ctx)
     engine = context.target().engine
     projections = context.projections()  # instances: the dashboard's lag counts with their filters
-    if importlib.util.find_spec("prometheus_client") is not None:
-        from eventstore import metrics
+    serving = (
+        f"serving the dashboard on http://{host}:{port}/ and the web API on /api/ "
+        f"({'token required' if token else 'no token'}"
+    )
+    if workers > 1:
+        os.environ[WORKER_SETTINGS] = json.dumps(
+            {
+                "url": engine.url.render_as_string(hide_password=False),
+                "module": context.module,
+                "token": token or None,
+                "heartbeat": heartbeat,
+            }
+        )
+        config = uvicorn.Config(
+            f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers, log_level="info",
+            timeout_graceful_shutdown=5,
+        )  # fmt: skip
+        status(f"{serving}; {workers} server processes)")
+        from uvicorn.supervisors import Multiprocess
 
-        # /metrics: this process's appends, and the projections' progress read at each scrape.
-        metrics.enable()
-        metrics.watch(context.store(), projections)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()  # as uvicorn.run() does; until Ctrl-C
+        return
+    _watch_metrics(context.store(), projections)
 
     async def run() -> None:
         async with AsyncEventStore(engine) as store:
             app = create_app(store, projections=projections, token=token or None, heartbeat_seconds=heartbeat)
             config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
-            status(
-                f"serving the dashboard on http://{host}:{port}/ and the web API on /api/ "
-                f"({'token required' if token else 'no token'})"
-            )
+            status(f"{serving})")
             await uvicorn.Server(config).serve()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server normally ends
         event_loop.run(run())  # on uvloop where it is installed
+
+
+def worker_app() -> ASGIApp:
+    """The app of one ``eventstore serve --workers N`` process (uvicorn's factory): its own store, closed at shutdown.
+
+    Its settings come from the parent, in :data:`WORKER_SETTINGS`.
+    """
+    from eventstore.cli.loading import load_projections
+    from eventstore.store import AsyncEventStore, EventStore
+    from eventstore.web import create_app
+
+    settings: dict[str, Any] = json.loads(os.environ[WORKER_SETTINGS])
+    projections = load_projections(settings["module"])
+    _watch_metrics(EventStore(settings["url"]), projections)
+    return create_app(
+        AsyncEventStore(settings["url"]),
+        projections=projections,
+        token=settings["token"],
+        heartbeat_seconds=settings["heartbeat"],
+        close_store=True,
+    )
+
+
+def _watch_metrics(store: EventStore, projections: list[Any]) -> None:
+    """/metrics (with prometheus-client installed): this process's appends, the projections' progress at each scrape."""
+    if importlib.util.find_spec("prometheus_client") is not None:
+        from eventstore import metrics
+
+        metrics.enable()
+        metrics.watch(store, projections)
