@@ -232,6 +232,13 @@ def test_serve_runs_the_app_on_any_address_with_a_token_until_ctrl_c(database_ur
             process.stderr.close()
 
 
+def other_backends(engine: sa.Engine) -> int:
+    """Sessions of this test's database, other than the one counting."""
+    counted = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    with engine.connect() as connection:
+        return int(connection.execute(sa.text(counted)).scalar_one())
+
+
 def test_the_app_closes_the_dashboard_store_at_shutdown(database_url: str, engine: sa.Engine) -> None:
     """The dashboard reads through a sync store of its own; the app's lifespan closes it (the caller's store stays)."""
     import asyncio
@@ -240,13 +247,8 @@ def test_the_app_closes_the_dashboard_store_at_shutdown(database_url: str, engin
     from eventstore.store import AsyncEventStore
     from eventstore.web import create_app
 
-    counted = sa.text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    )
-
     def backends() -> int:
-        with engine.connect() as connection:
-            return int(connection.execute(counted).scalar_one())
+        return other_backends(engine)
 
     async def scenario() -> tuple[int, int, bool]:
         async with AsyncEventStore(database_url) as store:
@@ -276,13 +278,8 @@ def test_close_store_hands_the_store_to_the_app_which_closes_it_at_shutdown(
     from eventstore.store import AsyncEventStore
     from eventstore.web import create_app
 
-    counted = sa.text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    )
-
     def backends() -> int:
-        with engine.connect() as connection:
-            return int(connection.execute(counted).scalar_one())
+        return other_backends(engine)
 
     async def scenario() -> int:
         store = AsyncEventStore(database_url)
