@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -137,7 +138,7 @@ def provision_server() -> TestServer:
     def cleanup() -> None:
         with contextlib.suppress(Exception):
             local.destroy()
-        with contextlib.suppress(OSError):
-            data_root.rmdir()
+        # The whole temporary directory: the server's lock file (.data.lock) sits next to its data.
+        shutil.rmtree(data_root, ignore_errors=True)
 
     return TestServer(local.url(), kind=f"local PostgreSQL {local.version()}", local=local, cleanup=cleanup)

@@ -59,3 +59,20 @@ def test_a_project_without_any_configuration_gets_the_fixtures(tmp_path: Path) -
     assert "fixtures defined from eventstore.testing.plugin" in result.stdout, result.stdout
     for fixture in ("test_server", "database_url", "engine", "store"):
         assert f"\n{fixture} " in result.stdout or f"\n{fixture} [" in result.stdout, (fixture, result.stdout)
+
+
+def test_a_session_that_started_a_server_leaves_nothing_in_the_temporary_directory(tmp_path: Path) -> None:
+    """The plugin's own PostgreSQL (data, lock file, directory) is gone when the session ends."""
+    project, temporary = tmp_path / "project", tmp_path / "tmp"
+    project.mkdir()
+    temporary.mkdir()
+    (project / "test_one.py").write_text("def test_one(store):\n    assert store.head_position() == 0\n")
+    # The plugin's own server (no external one), its temporary directory under `temporary`.
+    skipped = ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "EVENTSTORE_TEST_DSN")
+    env = {key: value for key, value in os.environ.items() if key not in skipped} | {"TMPDIR": str(temporary)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(project)],
+        capture_output=True, text=True, timeout=120, cwd=project, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(path.name for path in temporary.iterdir()) == []
