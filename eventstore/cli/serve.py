@@ -106,10 +106,8 @@ def serve(
     context = state(ctx)
     engine = context.target().engine
     projections = context.projections()  # instances: the dashboard's lag counts with their filters
-    serving = (
-        f"serving the dashboard on http://{host}:{port}/ and the web API on /api/ "
-        f"({'token required' if token else 'no token'}"
-    )
+    serving = f"serving the dashboard on http://{host}:{port}/ and the web API on /api/"
+    access = "token required" if token else "no token"
     if workers > 1:
         os.environ[WORKER_SETTINGS] = json.dumps(
             {
@@ -123,7 +121,7 @@ def serve(
             f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers, log_level="info",
             timeout_graceful_shutdown=5,
         )  # fmt: skip
-        status(f"{serving}; {workers} server processes)")
+        status(f"{serving} ({access}; {workers} server processes)")
         from uvicorn.supervisors import Multiprocess
 
         Multiprocess(config, sockets=[config.bind_socket()]).run()  # as uvicorn.run() does; until Ctrl-C
@@ -134,7 +132,7 @@ def serve(
         async with AsyncEventStore(engine) as store:
             app = create_app(store, projections=projections, token=token or None, heartbeat_seconds=heartbeat)
             config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
-            status(f"{serving})")
+            status(f"{serving} ({access})")
             await uvicorn.Server(config).serve()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server normally ends

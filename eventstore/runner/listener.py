@@ -49,6 +49,7 @@ from eventstore.errors import first_line
 from eventstore.runner.connections import KEEPALIVE_OPTIONS
 from eventstore.store.listen_probe import (
     PROBE_QUEUE_LIMIT,
+    WAIT_SLICE,
     listen_statement,
     new_probe_channel,
     probe,
@@ -61,9 +62,6 @@ __all__ = ["Listener", "Mode"]
 logger = logging.getLogger(__name__)
 
 Mode = Literal["connecting", "listening", "polling"]
-
-# How long one wait for notifications lasts: bounds how late a stop request is seen.
-_WAIT_SLICE = 0.25
 
 # The probe's queue limit as this listener uses it (read at each probe: tests lower it).
 _PROBE_QUEUE_LIMIT = PROBE_QUEUE_LIMIT
@@ -195,7 +193,7 @@ class Listener:
         last_activity = time.monotonic()
         while not stop.is_set():
             received = False
-            for notification in connection.notifies(timeout=_WAIT_SLICE, stop_after=1):
+            for notification in connection.notifies(timeout=WAIT_SLICE, stop_after=1):
                 received = received or notification.channel == self.channel  # a late probe is no wake-up
             now = time.monotonic()
             if received:

@@ -59,6 +59,7 @@ __all__ = [
     "Notifications",
     "OpenSender",
     "QueueUsage",
+    "WAIT_SLICE",
     "WaitWritable",
     "describe_conninfo",
     "listen_statement",
@@ -77,7 +78,7 @@ PROBE_SQL = b"SELECT pg_notify($1, $2)"
 """What the second connection sends: the probe channel and the token as parameters."""
 
 WAIT_SLICE = 0.25
-"""How long one wait for notifications lasts during a probe: bounds how late a stop request is seen."""
+"""How long one wait for notifications lasts (a probe's, the runner listener's): bounds how late a stop is seen."""
 
 
 class QueueUsage(NamedTuple):

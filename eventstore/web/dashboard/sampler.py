@@ -62,15 +62,16 @@ class Dashboard:
     async def aclose(self) -> None:
         """Stop the sampler and close the sync store: the app's shutdown."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            # gather, not `suppress(CancelledError): await task`, which would also swallow a cancel of
-            # whoever awaits this (a shutdown that gives up waiting).
-            (outcome,) = await asyncio.gather(task, return_exceptions=True)
-            if isinstance(outcome, Exception):  # the sampler's own failure (a bug) is not hidden by the close
-                self.close()
-                raise outcome
-        self.close()
+        try:
+            if task is not None and not task.done():
+                task.cancel()
+                # gather, not `suppress(CancelledError): await task`, which would also swallow a cancel of
+                # whoever awaits this (a shutdown that gives up waiting).
+                (outcome,) = await asyncio.gather(task, return_exceptions=True)
+                if isinstance(outcome, Exception):  # the sampler's own failure (a bug) is not hidden by the close
+                    raise outcome
+        finally:
+            self.close()
 
     def wake(self) -> None:
         if self._wake is not None:
