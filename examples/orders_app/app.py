@@ -57,6 +57,7 @@ _ORDER = sa.text(
     "SELECT order_id, customer_id, status, total, placed_on, last_position FROM order_summaries "
     "WHERE order_id = :order_id"
 )
+_TABLE_EXISTS = sa.text("SELECT to_regclass('order_summaries')")
 _ORDERS = sa.text(
     "SELECT order_id, customer_id, status, total, placed_on, last_position FROM order_summaries "
     "ORDER BY last_position DESC LIMIT 100"
@@ -131,9 +132,9 @@ def create_orders_app(url: str, *, projections: Sequence[Projection] | None = No
         # The checkpoint first, then the rows: the rows reflect at least that position, so a client that
         # subscribes after it misses nothing (and may see an order twice, which the page skips).
         checkpoint = (await store.checkpoints([READ_MODEL])).get(READ_MODEL)
-        if checkpoint is None:  # the runner has not set the projection up yet: no table, no orders
-            return JSONResponse({"position": 0, "orders": []})
         rows = await run_in_threadpool(_read_recent, sync_store.engine)
+        if checkpoint is None or rows is None:  # the runner has not set the projection up yet: no orders
+            return JSONResponse({"position": 0, "orders": []})
         return JSONResponse({"position": checkpoint.position, "orders": rows})
 
     routes = [
@@ -167,8 +168,12 @@ def _read_one(engine: sa.Engine, order_id: str) -> dict[str, Any]:
         return _order(connection.execute(_ORDER, {"order_id": order_id}).mappings().one())
 
 
-def _read_recent(engine: sa.Engine) -> list[dict[str, Any]]:
+def _read_recent(engine: sa.Engine) -> list[dict[str, Any]] | None:
+    """The newest orders; None while the table does not exist (the runner writes the projection's checkpoint
+    row before its ``setup()`` creates the table, so a checkpoint alone does not mean a table)."""
     with engine.connect() as connection:
+        if connection.execute(_TABLE_EXISTS).scalar_one() is None:
+            return None
         return [_order(row) for row in connection.execute(_ORDERS).mappings()]
 
 

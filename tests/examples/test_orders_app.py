@@ -13,12 +13,14 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import uvicorn
 
 from eventstore import EventStore
@@ -64,16 +66,23 @@ class OrdersServer:
 
     def start(self) -> OrdersServer:
         self.thread.start()
-        response = httpx.get(f"{self.base_url}/orders", timeout=15)
-        assert response.status_code == 200, response.text
+        try:
+            response = httpx.get(f"{self.base_url}/orders", timeout=15)
+            assert response.status_code == 200, response.text
+        except BaseException:
+            self._shut_down()  # its projection runner too: nothing of this test may outlive it
+            raise
         return self
 
     def stop(self) -> None:
+        self._shut_down()
+        assert not self.thread.is_alive(), "uvicorn did not stop within 20 s"
+        assert self.failure is None, self.failure
+
+    def _shut_down(self) -> None:
         self.server.should_exit = True
         self.thread.join(20)
         self.socket.close()
-        assert not self.thread.is_alive(), "uvicorn did not stop within 20 s"
-        assert self.failure is None, self.failure
 
 
 @pytest.fixture
@@ -192,3 +201,28 @@ def test_the_page_lists_existing_orders_then_follows_new_ones(
             expect(page.locator("#orders li")).to_have_text(["laterdave1.00", f"{first['order_id']}carol3.00"])
         finally:
             browser.close()
+
+
+def test_the_orders_list_is_empty_not_an_error_while_the_projection_is_being_set_up(
+    database_url: str, engine: sa.Engine
+) -> None:
+    """The runner writes the projection's checkpoint row before its setup() creates the table: the list of
+    orders must not assume the table from the checkpoint (held here between the two by the setup lock)."""
+    from eventstore.runner.ownership import take_setup_lock
+
+    server = OrdersServer(database_url)
+    checkpoint_rows = sa.text("SELECT count(*) FROM projection_checkpoints WHERE projection_name = 'order_summaries'")
+    try:
+        with engine.begin() as holding:
+            take_setup_lock(holding)  # the runner's setup() waits for it until this block ends
+            server.thread.start()
+            deadline = time.monotonic() + 20
+            with engine.connect() as connection:
+                while connection.execute(checkpoint_rows).scalar_one() == 0:
+                    assert time.monotonic() < deadline, "the runner wrote no checkpoint row"
+                    time.sleep(0.05)
+            response = httpx.get(f"{server.base_url}/orders", timeout=15)
+            assert response.status_code == 200, response.text
+            assert response.json() == {"position": 0, "orders": []}
+    finally:
+        server.stop()
