@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -36,6 +37,7 @@ class Served:
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("eventstore")), "serve", *arguments],
             stderr=subprocess.PIPE, text=True, env=environment,
+            start_new_session=True,  # its own process group: stop() ends the server processes with it
         )  # fmt: skip
         self.lines: list[str] = []
         self.workers: list[int] = []
@@ -54,9 +56,10 @@ class Served:
         self.ready.set()  # ended
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        """Kill what is left: the parent and its server processes (which a killed parent would leave running)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
         self.reader.join(10)  # at the end of stderr
         if self.process.stderr is not None:
             self.process.stderr.close()
